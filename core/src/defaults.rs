@@ -5,7 +5,7 @@
 use crate::document::Object;
 use crate::spec::cluster::{CertConfig, CertRotation, MigrationConfig};
 use crate::spec::datavolume::{ContentType, DataVolumeSpec, VolumeMode};
-use crate::spec::network::{CniPlugin, OnOff};
+use crate::spec::network::OnOff;
 use crate::spec::vmi::{
     Cpu, CpuFeaturePolicy, Disk, DiskBus, DiskTarget, Features, Interface,
     InterfaceModel, Machine, Network, PodNetwork, Port, VmiSpec, WatchdogAction,
@@ -55,23 +55,10 @@ pub fn apply(obj: &mut Object) {
             n.spec.spoof_chk.get_or_insert_with(|| OnOff::Text("on".into()));
             n.spec.trust.get_or_insert_with(|| OnOff::Text("off".into()));
         }
-        Object::NetworkAttachmentDefinition(nad) => {
-            // The config is a JSON string; fill defaults only if it parses,
-            // and keep the user's text otherwise (validation reports it).
-            if let Ok(mut cfg) = nad.cni_config() {
-                for p in &mut cfg.plugins {
-                    if let CniPlugin::Bridge(b) = p {
-                        b.preserve_default_vlan.get_or_insert(true);
-                        b.macspoofchk.get_or_insert(false);
-                        b.bridge.get_or_insert_with(|| "cni0".into());
-                    }
-                }
-                if let Ok(text) = serde_json::to_string(&cfg) {
-                    nad.spec.config = text;
-                }
-            }
-        }
-        Object::VirtualMachineInstanceMigration(_)
+        // A NAD's config is the user's JSON text; its defaults are read
+        // through `BridgeConfig`'s accessors instead of rewriting it.
+        Object::NetworkAttachmentDefinition(_)
+        | Object::VirtualMachineInstanceMigration(_)
         | Object::VirtualMachineInstancePreset(_)
         | Object::CdiConfig(_)
         | Object::ConfigMap(_) => {}

@@ -53,9 +53,11 @@ pub struct CniConfigError {
     pub message: String,
 }
 
-/// A CNI config: a single plugin or a `plugins` list (conflist).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+/// A CNI config: a single plugin or a `plugins` list (conflist). Built by
+/// [`CniConfig::parse`]; defaults of the bridge plugin are read through
+/// [`BridgeConfig`]'s accessors, so the user's JSON text is never rewritten.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CniConfig {
     /// CNI spec version (`0.3.1` in the seeds).
     pub cni_version: String,
@@ -66,40 +68,37 @@ pub struct CniConfig {
     pub plugins: Vec<CniPlugin>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawCni {
-    #[serde(default)]
-    cni_version: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    plugins: Option<Vec<CniPlugin>>,
-}
-
 impl CniConfig {
-    /// Parse a CNI config JSON string. Errors name the JSON key.
+    /// Parse a CNI config JSON string. Errors name the JSON key
+    /// (`plugins[0].vlan`, `cniVersion`).
     pub fn parse(json: &str) -> Result<CniConfig, CniConfigError> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let raw: RawCni = serde_path_to_error::deserialize(de).map_err(|e| CniConfigError {
-            path: e.path().to_string(),
-            message: e.inner().to_string(),
-        })?;
-        let plugins = match raw.plugins {
-            Some(p) => p,
-            None => {
-                let de = &mut serde_json::Deserializer::from_str(json);
-                let single: CniPlugin =
-                    serde_path_to_error::deserialize(de).map_err(|e| CniConfigError {
-                        path: e.path().to_string(),
-                        message: e.inner().to_string(),
-                    })?;
-                vec![single]
-            }
+        let err = |path: &str, message: String| CniConfigError {
+            path: path.to_string(),
+            message,
+        };
+        let root: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| err("<root>", e.to_string()))?;
+        let Some(obj) = root.as_object() else {
+            return Err(err("<root>", "the CNI config must be a JSON object".into()));
+        };
+        let cni_version = match obj.get("cniVersion") {
+            None => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => return Err(err("cniVersion", format!("must be a string, got {other}"))),
+        };
+        let name = obj.get("name").and_then(|n| n.as_str()).map(str::to_string);
+        let plugins = match obj.get("plugins") {
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, p)| CniPlugin::from_value(p, &format!("plugins[{i}].")))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => return Err(err("plugins", "must be a list".into())),
+            None => vec![CniPlugin::from_value(&root, "")?],
         };
         Ok(CniConfig {
-            cni_version: raw.cni_version.unwrap_or_default(),
-            name: raw.name,
+            cni_version,
+            name,
             plugins,
         })
     }
@@ -114,21 +113,57 @@ impl CniConfig {
 }
 
 /// One plugin of a CNI config, by its `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type")]
 pub enum CniPlugin {
     /// The Linux bridge plugin.
-    #[serde(rename = "bridge", alias = "cnv-bridge")]
+    #[serde(rename = "bridge")]
     Bridge(BridgeConfig),
     /// The SR-IOV plugin.
     #[serde(rename = "sriov")]
     Sriov(SriovCniConfig),
     /// The tuning plugin (custom MACs).
-    #[serde(rename = "tuning", alias = "cnv-tuning")]
+    #[serde(rename = "tuning")]
     Tuning(TuningConfig),
     /// The macvlan plugin (dedicated migration network).
     #[serde(rename = "macvlan")]
     Macvlan(MacvlanConfig),
+}
+
+impl CniPlugin {
+    /// Deserialize one plugin by its `type`, with error paths under `prefix`.
+    fn from_value(v: &serde_json::Value, prefix: &str) -> Result<CniPlugin, CniConfigError> {
+        fn typed<T: serde::de::DeserializeOwned>(
+            v: &serde_json::Value,
+            prefix: &str,
+        ) -> Result<T, CniConfigError> {
+            serde_path_to_error::deserialize(v).map_err(|e| CniConfigError {
+                path: format!("{prefix}{}", e.path()),
+                message: e.inner().to_string(),
+            })
+        }
+        let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+        Ok(match kind {
+            "bridge" | "cnv-bridge" => CniPlugin::Bridge(typed(v, prefix)?),
+            "sriov" => CniPlugin::Sriov(typed(v, prefix)?),
+            "tuning" | "cnv-tuning" => CniPlugin::Tuning(typed(v, prefix)?),
+            "macvlan" => CniPlugin::Macvlan(typed(v, prefix)?),
+            "" => {
+                return Err(CniConfigError {
+                    path: format!("{prefix}type"),
+                    message: "plugin type is required".into(),
+                })
+            }
+            other => {
+                return Err(CniConfigError {
+                    path: format!("{prefix}type"),
+                    message: format!(
+                        "unsupported plugin type {other:?}; supported: bridge, cnv-bridge, sriov, tuning, cnv-tuning, macvlan"
+                    ),
+                })
+            }
+        })
+    }
 }
 
 /// `bridge` / `cnv-bridge` plugin parameters (seed 002's table).
