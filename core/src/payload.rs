@@ -1,0 +1,280 @@
+//! Tiny guest programs for tests and examples, assembled at run time with
+//! iced-x86's code assembler. On the test machine each guest instruction
+//! costs about a microsecond, so these are a few dozen instructions each.
+//!
+//! Memory map used by the payloads (all below 1 MiB except touched pages):
+//! boot structures (GDT, page tables) 0x500–0xEFFF, [`COUNTER_ADDR`] at
+//! 0xF000, code at [`LOAD_ADDR`] (0x10000), stack below 0x80000, touched
+//! pages from [`TOUCH_BASE`] (1 MiB).
+
+use iced_x86::code_asm::*;
+
+/// Where payload code is loaded.
+pub const LOAD_ADDR: u64 = 0x10000;
+/// A u64 counter the counting payloads keep in guest memory.
+pub const COUNTER_ADDR: u64 = 0xf000;
+/// First page the page-touching payload writes.
+pub const TOUCH_BASE: u64 = 0x10_0000;
+/// Initial long-mode stack pointer.
+pub const STACK_TOP: u64 = 0x8_0000;
+/// Port that receives progress reports (the low 32 bits of the counter).
+pub const REPORT_PORT: u16 = 0x80;
+
+/// How the payload's vCPU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Real mode at `cs:ip`.
+    Real {
+        /// Code segment.
+        cs: u16,
+        /// Offset.
+        ip: u16,
+    },
+    /// Long mode at `rip` with stack `rsp`.
+    Long {
+        /// Entry point.
+        rip: u64,
+        /// Stack.
+        rsp: u64,
+    },
+}
+
+/// Assembled guest code with its load address and entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// Machine code (and data).
+    pub code: Vec<u8>,
+    /// Guest-physical load address.
+    pub load_addr: u64,
+    /// Entry state of vCPU 0.
+    pub entry: Entry,
+    /// Guest memory the payload needs, in bytes.
+    pub min_memory: u64,
+}
+
+/// The assembler rejected the program (a bug in this module).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("payload assembly failed: {0}")]
+pub struct PayloadError(String);
+
+impl From<IcedError> for PayloadError {
+    fn from(e: IcedError) -> Self {
+        PayloadError(e.to_string())
+    }
+}
+
+/// Real mode: print `text` on COM1, then power off through PM1a_CNT.
+pub fn print_and_power_off(text: &str) -> Result<Payload, PayloadError> {
+    // The string sits at a fixed offset after the code (16-bit code has no
+    // label-relative addressing), reached through DS = CS.
+    const MSG_OFFSET: u16 = 0x100;
+    let mut a = CodeAssembler::new(16)?;
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    a.mov(si, u32::from(MSG_OFFSET))?;
+    a.mov(dx, 0x3f8u32)?;
+    a.set_label(&mut next)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(done)?;
+    a.out(dx, al)?;
+    a.jmp(next)?;
+    a.set_label(&mut done)?;
+    power_off16(&mut a)?;
+    let mut code = a.assemble(0)?;
+    if code.len() > usize::from(MSG_OFFSET) {
+        return Err(PayloadError(format!("code of {} bytes overlaps the message", code.len())));
+    }
+    code.resize(usize::from(MSG_OFFSET), 0x90);
+    code.extend(text.bytes().filter(|b| *b != 0));
+    code.push(0);
+    Ok(Payload {
+        min_memory: LOAD_ADDR + code.len() as u64 + 0x1000,
+        code,
+        load_addr: LOAD_ADDR,
+        entry: Entry::Real {
+            cs: (LOAD_ADDR >> 4) as u16,
+            ip: 0,
+        },
+    })
+}
+
+fn power_off16(a: &mut CodeAssembler) -> Result<(), PayloadError> {
+    let mut hang = a.create_label();
+    a.mov(dx, 0x604u32)?;
+    a.mov(ax, 0x2000u32)?;
+    a.out(dx, ax)?;
+    a.set_label(&mut hang)?;
+    a.hlt()?;
+    a.jmp(hang)?;
+    Ok(())
+}
+
+/// Real mode: spin forever without touching memory or ports.
+pub fn spin() -> Result<Payload, PayloadError> {
+    let mut a = CodeAssembler::new(16)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    a.pause()?;
+    a.jmp(top)?;
+    Ok(Payload {
+        code: a.assemble(0)?,
+        load_addr: LOAD_ADDR,
+        entry: Entry::Real {
+            cs: (LOAD_ADDR >> 4) as u16,
+            ip: 0,
+        },
+        min_memory: LOAD_ADDR + 0x1_0000,
+    })
+}
+
+/// Long mode: forever (or `iterations` times, then power off), increment
+/// the u64 at [`COUNTER_ADDR`] and write its new value into page
+/// `counter % pages` of the range starting at [`TOUCH_BASE`]. Every
+/// `report_every` iterations (a power of two; 0 = never) the low 32 bits
+/// of the counter go out on [`REPORT_PORT`].
+///
+/// The count lives in guest memory, so after a vCPU state save/restore
+/// or a migration it continues from where it was.
+pub fn touch_pages(
+    pages: u32,
+    iterations: Option<u64>,
+    report_every: u64,
+) -> Result<Payload, PayloadError> {
+    let pages = pages.max(1);
+    let mut a = CodeAssembler::new(64)?;
+    let mut top = a.create_label();
+    let mut no_report = a.create_label();
+    a.set_label(&mut top)?;
+    a.mov(rax, qword_ptr(COUNTER_ADDR))?;
+    a.inc(rax)?;
+    a.mov(qword_ptr(COUNTER_ADDR), rax)?;
+    // page index = counter % pages
+    a.xor(edx, edx)?;
+    a.mov(rcx, u64::from(pages))?;
+    a.push(rax)?;
+    a.div(rcx)?;
+    a.pop(rax)?;
+    a.shl(rdx, 12)?;
+    a.mov(rbx, TOUCH_BASE)?;
+    a.add(rbx, rdx)?;
+    a.mov(qword_ptr(rbx), rax)?;
+    if report_every > 0 {
+        let mask = report_every.next_power_of_two() - 1;
+        a.mov(rcx, rax)?;
+        a.and(rcx, mask as i32)?;
+        a.jnz(no_report)?;
+        a.mov(dx, REPORT_PORT as u32)?;
+        a.out(dx, eax)?;
+    }
+    a.set_label(&mut no_report)?;
+    if let Some(n) = iterations {
+        a.mov(rcx, n)?;
+        a.cmp(rax, rcx)?;
+        a.jb(top)?;
+        a.mov(dx, 0x604u32)?;
+        a.mov(ax, 0x2000u32)?;
+        a.out(dx, ax)?;
+        let mut hang = a.create_label();
+        a.set_label(&mut hang)?;
+        a.hlt()?;
+        a.jmp(hang)?;
+    } else {
+        a.jmp(top)?;
+    }
+    Ok(Payload {
+        code: a.assemble(LOAD_ADDR)?,
+        load_addr: LOAD_ADDR,
+        entry: Entry::Long {
+            rip: LOAD_ADDR,
+            rsp: STACK_TOP,
+        },
+        min_memory: TOUCH_BASE + u64::from(pages) * 4096,
+    })
+}
+
+/// Long mode: load an empty IDT and execute `ud2`, so the #UD cannot be
+/// delivered and the vCPU triple-faults.
+pub fn triple_fault() -> Result<Payload, PayloadError> {
+    let mut a = CodeAssembler::new(64)?;
+    let mut idtr = a.create_label();
+    a.lidt(ptr(idtr))?;
+    a.ud2()?;
+    a.set_label(&mut idtr)?;
+    a.db(&[0u8; 10])?;
+    Ok(Payload {
+        code: a.assemble(LOAD_ADDR)?,
+        load_addr: LOAD_ADDR,
+        entry: Entry::Long {
+            rip: LOAD_ADDR,
+            rsp: STACK_TOP,
+        },
+        min_memory: LOAD_ADDR + 0x1000,
+    })
+}
+
+#[cfg(feature = "kvm")]
+impl Payload {
+    /// Write the code into `vm`'s memory and set vCPU 0's entry state
+    /// (building page tables and a GDT for long mode).
+    pub fn load(&self, vm: &crate::runtime::Vm) -> Result<(), crate::runtime::RuntimeError> {
+        use crate::runtime::{BootState, RuntimeError};
+        if vm.config().memory_bytes < self.min_memory {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "payload needs {} bytes of guest memory, the VM has {}",
+                self.min_memory,
+                vm.config().memory_bytes
+            )));
+        }
+        vm.write_memory(self.load_addr, &self.code)?;
+        let boot = match self.entry {
+            Entry::Real { cs: seg, ip: off } => BootState::RealMode { cs: seg, ip: off },
+            Entry::Long { rip: entry, rsp: stack } => BootState::LongMode {
+                rip: entry,
+                rsp: stack,
+            },
+        };
+        vm.set_boot(&boot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+    fn mnemonics(bits: u32, code: &[u8], ip: u64) -> Vec<Mnemonic> {
+        let mut d = Decoder::with_ip(bits, code, ip, DecoderOptions::NONE);
+        let mut v = Vec::new();
+        while d.can_decode() {
+            let i = d.decode();
+            v.push(i.mnemonic());
+            if i.mnemonic() == Mnemonic::Jmp && v.len() > 3 {
+                break;
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn print_payload_outputs_to_com1_and_ends_with_poweroff() {
+        let p = print_and_power_off("hi").unwrap();
+        assert!(p.code.ends_with(b"hi\0"));
+        let m = mnemonics(16, &p.code, 0);
+        assert_eq!(&m[..4], &[Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Lodsb, Mnemonic::Test]);
+        assert!(m.contains(&Mnemonic::Out));
+        assert_eq!(p.entry, Entry::Real { cs: 0x1000, ip: 0 });
+    }
+
+    #[test]
+    fn touch_payload_is_long_mode_and_sized() {
+        let p = touch_pages(16, Some(100), 8).unwrap();
+        assert_eq!(p.entry, Entry::Long { rip: LOAD_ADDR, rsp: STACK_TOP });
+        assert_eq!(p.min_memory, TOUCH_BASE + 16 * 4096);
+        let m = mnemonics(64, &p.code, LOAD_ADDR);
+        assert_eq!(m[0], Mnemonic::Mov);
+        assert!(m.contains(&Mnemonic::Div));
+        assert!(triple_fault().unwrap().code.len() > 4);
+        assert!(spin().unwrap().code.len() >= 3);
+    }
+}

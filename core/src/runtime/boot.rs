@@ -1,0 +1,129 @@
+//! Initial vCPU state for tiny guests: real mode at a segment:offset, or
+//! 64-bit long mode with identity-mapped page tables and a GDT that the
+//! runtime writes into guest memory.
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::memory::GuestMem;
+use super::RuntimeError;
+
+/// Where the GDT is written for long mode.
+pub const GDT_ADDR: u64 = 0x500;
+/// PML4 of the identity map.
+pub const PML4_ADDR: u64 = 0x9000;
+/// PDPT of the identity map.
+pub const PDPT_ADDR: u64 = 0xa000;
+/// First of four page directories (2 MiB pages, 4 GiB mapped).
+pub const PD_ADDR: u64 = 0xb000;
+/// First byte after the boot structures; payloads load at or above this.
+pub const BOOT_STRUCTURES_END: u64 = 0xf000;
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// How vCPU 0 starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootState {
+    /// 16-bit real mode at `cs:ip` (linear address `cs * 16 + ip`).
+    RealMode {
+        /// Code segment.
+        cs: u16,
+        /// Instruction pointer.
+        ip: u16,
+    },
+    /// 64-bit long mode at `rip` with stack `rsp`; guest memory below
+    /// 4 GiB is identity-mapped with 2 MiB pages.
+    LongMode {
+        /// Entry point.
+        rip: u64,
+        /// Initial stack pointer.
+        rsp: u64,
+    },
+}
+
+fn segment(selector: u16, base: u64, limit: u32, type_: u8, l: u8, db: u8, g: u8) -> kvm_segment {
+    kvm_segment {
+        base,
+        limit,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db,
+        s: 1,
+        l,
+        g,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Apply `boot` to the given register sets, writing long-mode tables into
+/// `mem` when needed.
+pub fn apply(
+    boot: &BootState,
+    mem: &GuestMem,
+    regs: &mut kvm_regs,
+    sregs: &mut kvm_sregs,
+) -> Result<(), RuntimeError> {
+    let write = |addr: u64, bytes: &[u8]| {
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(|e| RuntimeError::GuestMemory(format!("writing boot structures at {addr:#x}: {e}")))
+    };
+    *regs = kvm_regs {
+        rflags: 0x2,
+        ..Default::default()
+    };
+    match *boot {
+        BootState::RealMode { cs, ip } => {
+            sregs.cs.selector = cs;
+            sregs.cs.base = u64::from(cs) << 4;
+            for s in [&mut sregs.ds, &mut sregs.es, &mut sregs.ss, &mut sregs.fs, &mut sregs.gs] {
+                s.selector = cs;
+                s.base = u64::from(cs) << 4;
+            }
+            regs.rip = u64::from(ip);
+            regs.rsp = 0xfffe;
+        }
+        BootState::LongMode { rip, rsp } => {
+            // GDT: null, 64-bit code, data.
+            let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+            let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
+            write(GDT_ADDR, &gdt_bytes)?;
+            write(PML4_ADDR, &(PDPT_ADDR | 0x3).to_le_bytes())?;
+            let mut pdpt = Vec::with_capacity(32);
+            for i in 0..4u64 {
+                pdpt.extend_from_slice(&((PD_ADDR + i * 0x1000) | 0x3).to_le_bytes());
+            }
+            write(PDPT_ADDR, &pdpt)?;
+            let mut pd = Vec::with_capacity(4 * 4096);
+            for i in 0..2048u64 {
+                // Present | writable | 2 MiB page.
+                pd.extend_from_slice(&((i << 21) | 0x83).to_le_bytes());
+            }
+            write(PD_ADDR, &pd)?;
+            sregs.gdt.base = GDT_ADDR;
+            sregs.gdt.limit = (gdt_bytes.len() - 1) as u16;
+            sregs.cs = segment(0x8, 0, 0xfffff, 0xb, 1, 0, 1);
+            let data = segment(0x10, 0, 0xfffff, 0x3, 0, 1, 1);
+            sregs.ds = data;
+            sregs.es = data;
+            sregs.fs = data;
+            sregs.gs = data;
+            sregs.ss = data;
+            sregs.cr3 = PML4_ADDR;
+            sregs.cr4 |= CR4_PAE;
+            sregs.cr0 |= CR0_PE | CR0_PG | CR0_ET;
+            sregs.efer |= EFER_LME | EFER_LMA;
+            regs.rip = rip;
+            regs.rsp = rsp;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! vCPU threads: run KVM_RUN, dispatch exits onto the buses, park on pause,
+//! leave on stop. A stop or pause reaches a vCPU blocked in the guest by a
+//! signal that makes KVM_RUN return `EINTR`; the controller repeats the
+//! signal until the vCPU acknowledges, so a kick that lands just before
+//! KVM_RUN is never lost.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use super::bus::Bus;
+use super::{RuntimeError, VmExit};
+
+/// What the controller wants the vCPUs to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    Run,
+    Pause,
+    Stop,
+}
+
+pub(crate) struct Inner {
+    pub request: Request,
+    pub parked: usize,
+    pub exited: usize,
+    pub exit: Option<VmExit>,
+    pub threads: Vec<libc::pthread_t>,
+}
+
+/// State shared by the controller and the vCPU threads.
+pub(crate) struct Control {
+    pub inner: Mutex<Inner>,
+    pub cond: Condvar,
+    pub vcpus: usize,
+}
+
+fn kick_signal() -> i32 {
+    SIGRTMIN() + 1
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal only makes KVM_RUN return EINTR.
+}
+
+/// Install the no-op kick handler once per process.
+pub(crate) fn install_kick_handler() -> Result<(), RuntimeError> {
+    static RESULT: OnceLock<i32> = OnceLock::new();
+    let errno = *RESULT.get_or_init(|| {
+        register_signal_handler(kick_signal(), on_kick)
+            .err()
+            .map_or(0, |e| e.errno())
+    });
+    if errno != 0 {
+        return Err(RuntimeError::Thread(std::io::Error::from_raw_os_error(errno)));
+    }
+    Ok(())
+}
+
+impl Control {
+    pub fn new(vcpus: usize) -> Self {
+        Control {
+            inner: Mutex::new(Inner {
+                request: Request::Run,
+                parked: 0,
+                exited: 0,
+                exit: None,
+                threads: Vec::new(),
+            }),
+            cond: Condvar::new(),
+            vcpus,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record why the VM ends (first reason wins) and stop every vCPU.
+    pub fn request_exit(&self, exit: VmExit) {
+        let mut g = self.lock();
+        if g.exit.is_none() {
+            g.exit = Some(exit);
+        }
+        g.request = Request::Stop;
+        kick(&g.threads);
+        self.cond.notify_all();
+    }
+
+    /// Kick the vCPUs until `done` holds, or time out.
+    pub fn kick_until(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        done: impl Fn(&Inner) -> bool,
+    ) -> Result<(), RuntimeError> {
+        let start = Instant::now();
+        let mut g = self.lock();
+        loop {
+            if done(&g) {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(RuntimeError::Timeout {
+                    vcpu: g.parked + g.exited,
+                    what,
+                    millis: timeout.as_millis() as u64,
+                });
+            }
+            kick(&g.threads);
+            g = self
+                .cond
+                .wait_timeout(g, Duration::from_millis(2))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+fn kick(threads: &[libc::pthread_t]) {
+    for t in threads {
+        // SAFETY: `t` is a vCPU thread of this process that has not been
+        // joined (handles are joined only after `threads` is cleared), so
+        // the id is valid; the signal has a no-op handler installed.
+        unsafe {
+            libc::pthread_kill(*t, kick_signal());
+        }
+    }
+}
+
+/// The body of one vCPU thread.
+pub(crate) fn run(id: u8, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, pio: Arc<Bus>, mmio: Arc<Bus>) {
+    loop {
+        {
+            let mut g = ctl.lock();
+            loop {
+                match g.request {
+                    Request::Run => break,
+                    Request::Stop => {
+                        g.exited += 1;
+                        ctl.cond.notify_all();
+                        return;
+                    }
+                    Request::Pause => {
+                        g.parked += 1;
+                        ctl.cond.notify_all();
+                        while g.request == Request::Pause {
+                            g = ctl.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+                        }
+                        g.parked -= 1;
+                    }
+                }
+            }
+        }
+        let mut fd = vcpu.lock().unwrap_or_else(|p| p.into_inner());
+        let exit = match fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                pio.write(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                pio.read(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                mmio.read(addr, data);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                mmio.write(addr, data);
+                None
+            }
+            // With the in-kernel irqchip HLT is handled by KVM; a plain
+            // HLT exit (no irqchip) just re-enters.
+            Ok(VcpuExit::Hlt) => None,
+            Ok(VcpuExit::Shutdown) => Some(VmExit::TripleFault { vcpu: id }),
+            Ok(VcpuExit::InternalError) => Some(VmExit::InternalError {
+                vcpu: id,
+                suberror: 0,
+            }),
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => Some(VmExit::FailEntry { vcpu: id, reason }),
+            Ok(other) => Some(VmExit::VcpuError {
+                vcpu: id,
+                message: format!("unhandled exit {other:?}"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(VmExit::VcpuError {
+                vcpu: id,
+                message: format!("KVM_RUN failed: {e}"),
+            }),
+        };
+        drop(fd);
+        if let Some(exit) = exit {
+            ctl.request_exit(exit);
+        }
+    }
+}

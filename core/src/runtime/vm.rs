@@ -1,0 +1,628 @@
+//! `VmBuilder` and `Vm`: the lifecycle of one KVM virtual machine.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_mp_state, kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use zerocopy::little_endian::U32;
+
+use super::boot::{self, BootState};
+use super::bus::{Bus, SharedDevice};
+use super::devices::{
+    ExitRequest, PowerControl, ResetControl, SerialDevice, COM1_IRQ, COM1_PORT, PM1A_CNT_PORT,
+    RESET_PORT,
+};
+use super::memory::{self, GuestMem, RamRange, PAGE_SIZE};
+use super::state::{VcpuState, VmClockState, MAX_MSRS, SAVED_MSRS};
+use super::vcpu::{self, Control, Request};
+use super::{kvm_err, RuntimeError, VmExit};
+use crate::spec::vmi::VmiSpec;
+
+/// How long pause/stop wait for every vCPU to acknowledge.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sizing a VM is built with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Name, for logs and the demo greeting.
+    pub name: String,
+    /// vCPU count (1..=254).
+    pub vcpus: u8,
+    /// Guest RAM in bytes (rounded up to 4 KiB pages when mapped).
+    pub memory_bytes: u64,
+}
+
+impl VmConfig {
+    /// Sizing from a VMI spec: vCPUs = sockets × cores × threads; memory =
+    /// `memory.guest`, else `resources.requests.memory`. Validate the spec
+    /// first; this only rejects what cannot be built.
+    pub fn from_spec(name: &str, spec: &VmiSpec) -> Result<Self, RuntimeError> {
+        let d = &spec.domain;
+        let vcpus = d.cpu.as_ref().map_or(1, |c| c.vcpu_count());
+        let vcpus = u8::try_from(vcpus)
+            .ok()
+            .filter(|v| (1..=254).contains(v))
+            .ok_or_else(|| RuntimeError::InvalidConfig(format!("{vcpus} vCPUs; the runtime supports 1..=254")))?;
+        let mem = d
+            .memory
+            .as_ref()
+            .and_then(|m| m.guest.as_ref())
+            .or_else(|| d.resources.as_ref().and_then(|r| r.requests.get("memory")))
+            .ok_or_else(|| RuntimeError::InvalidConfig("no guest memory size in the spec".into()))?;
+        let memory_bytes = mem
+            .to_bytes()
+            .map_err(|e| RuntimeError::InvalidConfig(format!("guest memory: {e}")))?;
+        Ok(VmConfig {
+            name: name.to_string(),
+            vcpus,
+            memory_bytes: memory_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        })
+    }
+}
+
+/// Lifecycle state of a [`Vm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Built, vCPUs not started.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked at an instruction boundary.
+    Paused,
+    /// vCPU threads have ended.
+    Exited,
+}
+
+/// Builds a [`Vm`].
+pub struct VmBuilder {
+    config: VmConfig,
+    serial_out: Box<dyn Write + Send>,
+    pio: Vec<(u64, u64, SharedDevice)>,
+    mmio: Vec<(u64, u64, SharedDevice)>,
+    require_smm: bool,
+}
+
+impl VmBuilder {
+    /// A builder with serial output discarded.
+    pub fn new(config: VmConfig) -> Self {
+        VmBuilder {
+            config,
+            serial_out: Box::new(std::io::sink()),
+            pio: Vec::new(),
+            mmio: Vec::new(),
+            require_smm: false,
+        }
+    }
+
+    /// Where COM1's output goes.
+    pub fn serial_output(mut self, out: Box<dyn Write + Send>) -> Self {
+        self.serial_out = out;
+        self
+    }
+
+    /// Add a port-I/O device at `[base, base + len)`.
+    pub fn pio_device(mut self, base: u64, len: u64, dev: SharedDevice) -> Self {
+        self.pio.push((base, len, dev));
+        self
+    }
+
+    /// Add an MMIO device at `[base, base + len)`.
+    pub fn mmio_device(mut self, base: u64, len: u64, dev: SharedDevice) -> Self {
+        self.mmio.push((base, len, dev));
+        self
+    }
+
+    /// Fail the build unless the host can run SMM (Secure Boot needs it).
+    pub fn require_smm(mut self, yes: bool) -> Self {
+        self.require_smm = yes;
+        self
+    }
+
+    /// Create the VM: KVM fd, irqchip, guest memory, vCPUs, devices.
+    pub fn build(self) -> Result<Vm, RuntimeError> {
+        let cfg = self.config;
+        if cfg.vcpus == 0 || cfg.vcpus > 254 {
+            return Err(RuntimeError::InvalidConfig(format!("{} vCPUs; the runtime supports 1..=254", cfg.vcpus)));
+        }
+        let kvm = Kvm::new().map_err(RuntimeError::KvmUnavailable)?;
+        if self.require_smm && !kvm.check_extension(Cap::X86Smm) {
+            return Err(RuntimeError::MissingCapability {
+                capability: "KVM_CAP_X86_SMM",
+                needed_for: "Secure Boot requires SMM",
+            });
+        }
+        let memory = memory::create(cfg.memory_bytes)?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(0xfffb_d000)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_bindings::kvm_pit_config::default();
+        vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        let ranges = memory::layout(cfg.memory_bytes);
+        for (slot, region) in memory.iter().enumerate() {
+            register_slot(&vm_fd, slot as u32, region, false)?;
+        }
+
+        let ctl = Arc::new(Control::new(usize::from(cfg.vcpus)));
+        let c = ctl.clone();
+        let request: ExitRequest = Arc::new(move |e| c.request_exit(e));
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| RuntimeError::Thread(e.into()))?;
+        vm_fd
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, self.serial_out)));
+        let mut pio = Bus::new();
+        pio.insert(COM1_PORT, 8, serial.clone())?;
+        pio.insert(PM1A_CNT_PORT, 2, Arc::new(Mutex::new(PowerControl::new(request.clone()))))?;
+        pio.insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::new(request))))?;
+        for (base, len, dev) in self.pio {
+            pio.insert(base, len, dev)?;
+        }
+        let mut mmio = Bus::new();
+        for (base, len, dev) in self.mmio {
+            mmio.insert(base, len, dev)?;
+        }
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let host_msrs = kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+        let msr_list: Vec<u32> = SAVED_MSRS
+            .iter()
+            .copied()
+            .filter(|m| host_msrs.as_slice().contains(m))
+            .take(MAX_MSRS)
+            .collect();
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+        for id in 0..cfg.vcpus {
+            let fd = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut cpuid = supported.clone();
+            for e in cpuid.as_mut_slice() {
+                match e.function {
+                    // Initial APIC id and logical CPU count.
+                    1 => {
+                        e.ebx = (e.ebx & 0x0000_ffff)
+                            | (u32::from(id) << 24)
+                            | (u32::from(cfg.vcpus) << 16);
+                    }
+                    0xb => e.edx = u32::from(id),
+                    _ => {}
+                }
+            }
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            vcpus.push(Arc::new(Mutex::new(fd)));
+        }
+        vcpu::install_kick_handler()?;
+        let slots = memory.num_regions();
+        Ok(Vm {
+            config: cfg,
+            _kvm: kvm,
+            vm_fd,
+            memory,
+            ranges,
+            vcpus,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            ctl,
+            handles: Mutex::new(Vec::new()),
+            state: Mutex::new(RunState::Created),
+            serial,
+            dirty_logging: Mutex::new(vec![false; slots]),
+            msr_list,
+        })
+    }
+}
+
+fn register_slot(
+    vm: &VmFd,
+    slot: u32,
+    region: &vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>,
+    dirty_log: bool,
+) -> Result<(), RuntimeError> {
+    let mr = kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: region.start_addr().0,
+        memory_size: region.len(),
+        userspace_addr: region.as_ptr() as u64,
+        flags: if dirty_log { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+    };
+    // SAFETY: the host range [as_ptr, as_ptr + len) is a live mapping owned
+    // by `GuestMemoryMmap`, which the `Vm` keeps alive as long as the VM fd.
+    unsafe { vm.set_user_memory_region(mr) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))
+}
+
+/// A dirty-page bitmap of one memory slot: bit `i` of word `i / 64` is the
+/// page at `guest_addr + i * 4096`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyBitmap {
+    /// KVM slot number.
+    pub slot: u32,
+    /// Guest-physical start of the slot.
+    pub guest_addr: u64,
+    /// Slot length in bytes.
+    pub len: u64,
+    /// One bit per page.
+    pub bits: Vec<u64>,
+}
+
+impl DirtyBitmap {
+    /// Number of dirty pages.
+    pub fn count(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Guest addresses of dirty pages.
+    pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(move |(w, bits)| {
+            (0..64)
+                .filter(move |b| bits & (1u64 << b) != 0)
+                .map(move |b| self.guest_addr + ((w as u64) * 64 + b) * PAGE_SIZE)
+        })
+    }
+}
+
+/// A running (or runnable) KVM virtual machine.
+pub struct Vm {
+    config: VmConfig,
+    _kvm: Kvm,
+    vm_fd: VmFd,
+    memory: GuestMem,
+    ranges: Vec<RamRange>,
+    vcpus: Vec<Arc<Mutex<VcpuFd>>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    ctl: Arc<Control>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    state: Mutex<RunState>,
+    serial: Arc<Mutex<SerialDevice>>,
+    dirty_logging: Mutex<Vec<bool>>,
+    msr_list: Vec<u32>,
+}
+
+impl Vm {
+    /// The sizing it was built with.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Guest memory (writes through it are dirty-tracked).
+    pub fn memory(&self) -> &GuestMem {
+        &self.memory
+    }
+
+    /// The guest-physical RAM layout.
+    pub fn ram_ranges(&self) -> &[RamRange] {
+        &self.ranges
+    }
+
+    /// Current lifecycle state.
+    pub fn state(&self) -> RunState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, s: RunState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    fn expect_state(&self, op: &'static str, allowed: &[RunState]) -> Result<RunState, RuntimeError> {
+        let s = self.state();
+        if allowed.contains(&s) {
+            Ok(s)
+        } else {
+            Err(RuntimeError::BadState { op, state: s })
+        }
+    }
+
+    /// Write bytes into guest memory.
+    pub fn write_memory(&self, addr: u64, bytes: &[u8]) -> Result<(), RuntimeError> {
+        self.memory
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|e| RuntimeError::GuestMemory(format!("write of {} bytes at {addr:#x}: {e}", bytes.len())))
+    }
+
+    /// Read bytes from guest memory.
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), RuntimeError> {
+        self.memory
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|e| RuntimeError::GuestMemory(format!("read of {} bytes at {addr:#x}: {e}", buf.len())))
+    }
+
+    /// Queue bytes on COM1 for the guest to read.
+    pub fn serial_input(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(bytes)
+            .map_err(RuntimeError::InvalidConfig)
+    }
+
+    /// Set vCPU 0's entry state (before [`Vm::start`]).
+    pub fn set_boot(&self, boot: &BootState) -> Result<(), RuntimeError> {
+        self.expect_state("set the boot state of", &[RunState::Created])?;
+        let fd = self.vcpus[0].lock().unwrap_or_else(|p| p.into_inner());
+        let mut regs = fd.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        boot::apply(boot, &self.memory, &mut regs, &mut sregs)?;
+        fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+        fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        Ok(())
+    }
+
+    /// Start the vCPU threads.
+    pub fn start(&self) -> Result<(), RuntimeError> {
+        self.expect_state("start", &[RunState::Created])?;
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let mut threads = Vec::new();
+        for (id, vcpu) in self.vcpus.iter().enumerate() {
+            let (vcpu, ctl, pio, mmio) = (vcpu.clone(), self.ctl.clone(), self.pio.clone(), self.mmio.clone());
+            let id = id as u8;
+            let h = std::thread::Builder::new()
+                .name(format!("{}-vcpu{id}", self.config.name))
+                .spawn(move || vcpu::run(id, vcpu, ctl, pio, mmio))
+                .map_err(RuntimeError::Thread);
+            match h {
+                Ok(h) => {
+                    use std::os::unix::thread::JoinHandleExt;
+                    threads.push(h.as_pthread_t());
+                    handles.push(h);
+                }
+                Err(e) => {
+                    drop(handles);
+                    self.ctl.lock().threads = threads;
+                    self.ctl.request_exit(VmExit::Stopped);
+                    let _ = self.join_all();
+                    return Err(e);
+                }
+            }
+        }
+        self.ctl.lock().threads = threads;
+        self.set_state(RunState::Running);
+        Ok(())
+    }
+
+    /// Park every vCPU at an instruction boundary. Idempotent.
+    pub fn pause(&self) -> Result<(), RuntimeError> {
+        if self.expect_state("pause", &[RunState::Running, RunState::Paused])? == RunState::Paused {
+            return Ok(());
+        }
+        {
+            let mut g = self.ctl.lock();
+            if g.request == Request::Stop {
+                return Err(RuntimeError::BadState { op: "pause", state: RunState::Exited });
+            }
+            g.request = Request::Pause;
+        }
+        let n = self.ctl.vcpus;
+        self.ctl.kick_until("pause", ACK_TIMEOUT, |g| g.parked + g.exited == n)?;
+        self.set_state(RunState::Paused);
+        Ok(())
+    }
+
+    /// Let paused vCPUs run again.
+    pub fn resume(&self) -> Result<(), RuntimeError> {
+        self.expect_state("resume", &[RunState::Paused])?;
+        {
+            let mut g = self.ctl.lock();
+            if g.request == Request::Pause {
+                g.request = Request::Run;
+            }
+            self.ctl.cond.notify_all();
+        }
+        self.set_state(RunState::Running);
+        Ok(())
+    }
+
+    /// Stop the VM (if still running) and return why it ended.
+    pub fn stop(&self) -> Result<VmExit, RuntimeError> {
+        if self.state() == RunState::Created {
+            self.set_state(RunState::Exited);
+            return Ok(VmExit::Stopped);
+        }
+        self.ctl.request_exit(VmExit::Stopped);
+        self.join_all()
+    }
+
+    /// Block until the VM ends (power-off, reset, fault or [`Vm::stop`]).
+    pub fn wait(&self) -> Result<VmExit, RuntimeError> {
+        loop {
+            if let Some(exit) = self.wait_timeout(Duration::from_secs(3600))? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Like [`Vm::wait`] with a deadline; `None` if still running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<VmExit>, RuntimeError> {
+        self.expect_state("wait for", &[RunState::Running, RunState::Paused, RunState::Exited])?;
+        {
+            let g = self.ctl.lock();
+            let (g, _) = self
+                .ctl
+                .cond
+                .wait_timeout_while(g, timeout, |g| g.exit.is_none())
+                .unwrap_or_else(|p| p.into_inner());
+            if g.exit.is_none() {
+                return Ok(None);
+            }
+        }
+        self.join_all().map(Some)
+    }
+
+    fn join_all(&self) -> Result<VmExit, RuntimeError> {
+        let n = self.ctl.vcpus;
+        let started = self.handles.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.ctl
+            .kick_until("stop", ACK_TIMEOUT, |g| g.exited >= started.min(n))?;
+        // No kicks after this point: the thread ids become invalid on join.
+        self.ctl.lock().threads.clear();
+        for h in self.handles.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = h.join();
+        }
+        self.set_state(RunState::Exited);
+        Ok(self.ctl.lock().exit.clone().unwrap_or(VmExit::Stopped))
+    }
+
+    /// Turn KVM dirty logging on or off for every memory slot.
+    pub fn set_dirty_logging(&self, enabled: bool) -> Result<(), RuntimeError> {
+        let mut flags = self.dirty_logging.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, region) in self.memory.iter().enumerate() {
+            if flags[slot] != enabled {
+                register_slot(&self.vm_fd, slot as u32, region, enabled)?;
+                flags[slot] = enabled;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turn KVM dirty logging on or off for one slot.
+    pub fn set_slot_dirty_logging(&self, slot: usize, enabled: bool) -> Result<(), RuntimeError> {
+        let mut flags = self.dirty_logging.lock().unwrap_or_else(|p| p.into_inner());
+        let region = self
+            .memory
+            .iter()
+            .nth(slot)
+            .ok_or_else(|| RuntimeError::InvalidConfig(format!("no memory slot {slot}")))?;
+        register_slot(&self.vm_fd, slot as u32, region, enabled)?;
+        flags[slot] = enabled;
+        Ok(())
+    }
+
+    /// Pages written since the last call, per slot: KVM's dirty log (guest
+    /// writes, for slots with logging on) merged with vm-memory's bitmap
+    /// (VMM writes). Both are reset.
+    pub fn take_dirty_pages(&self) -> Result<Vec<DirtyBitmap>, RuntimeError> {
+        let flags = self.dirty_logging.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = Vec::new();
+        for (slot, region) in self.memory.iter().enumerate() {
+            let len = region.len();
+            let words = (len / PAGE_SIZE).div_ceil(64) as usize;
+            let mut bits = if flags[slot] {
+                self.vm_fd
+                    .get_dirty_log(slot as u32, len as usize)
+                    .map_err(kvm_err("KVM_GET_DIRTY_LOG"))?
+            } else {
+                vec![0u64; words]
+            };
+            bits.resize(words, 0);
+            // VMM-side writes: vm-memory's bitmap has the same layout (one
+            // bit per 4 KiB page in u64 words); swap it to zero atomically.
+            let vmm_bits = std::ops::Deref::deref(region).bitmap().get_and_reset();
+            for (w, v) in bits.iter_mut().zip(vmm_bits) {
+                *w |= v;
+            }
+            out.push(DirtyBitmap {
+                slot: slot as u32,
+                guest_addr: region.start_addr().0,
+                len,
+                bits,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Save every vCPU's state. The VM must be paused (or not started).
+    pub fn save_vcpus(&self) -> Result<Vec<Box<VcpuState>>, RuntimeError> {
+        self.expect_state("save the vCPUs of", &[RunState::Paused, RunState::Created])?;
+        self.vcpus
+            .iter()
+            .enumerate()
+            .map(|(id, v)| save_vcpu(id as u32, &v.lock().unwrap_or_else(|p| p.into_inner()), &self.msr_list))
+            .collect()
+    }
+
+    /// Load vCPU states saved by [`Vm::save_vcpus`] (same vCPU count).
+    pub fn restore_vcpus(&self, states: &[Box<VcpuState>]) -> Result<(), RuntimeError> {
+        self.expect_state("restore the vCPUs of", &[RunState::Paused, RunState::Created])?;
+        if states.len() != self.vcpus.len() {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "{} vCPU states for a VM with {} vCPUs",
+                states.len(),
+                self.vcpus.len()
+            )));
+        }
+        for (v, s) in self.vcpus.iter().zip(states) {
+            restore_vcpu(&v.lock().unwrap_or_else(|p| p.into_inner()), s)?;
+        }
+        Ok(())
+    }
+
+    /// Save the KVM clock.
+    pub fn save_clock(&self) -> Result<VmClockState, RuntimeError> {
+        let c = self.vm_fd.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))?;
+        Ok(VmClockState::new(c))
+    }
+
+    /// Restore the KVM clock.
+    pub fn restore_clock(&self, c: &VmClockState) -> Result<(), RuntimeError> {
+        let mut data = c.clock;
+        // Only the value is restored; KVM rejects host-specific flags.
+        data.flags = 0;
+        self.vm_fd.set_clock(&data).map_err(kvm_err("KVM_SET_CLOCK"))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if matches!(self.state(), RunState::Running | RunState::Paused) {
+            self.ctl.request_exit(VmExit::Stopped);
+            if let Err(e) = self.join_all() {
+                log::error!("VM {}: vCPU threads did not stop: {e}", self.config.name);
+            }
+        }
+    }
+}
+
+fn save_vcpu(id: u32, fd: &VcpuFd, msr_list: &[u32]) -> Result<Box<VcpuState>, RuntimeError> {
+    let mut s = VcpuState::new(id);
+    s.mp_state = U32::new(fd.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?.mp_state);
+    s.regs = fd.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+    s.sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    s.xsave = fd.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;
+    s.xcrs = fd.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?;
+    s.lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+    s.events = fd.get_vcpu_events().map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?;
+    let entries: Vec<kvm_msr_entry> = msr_list
+        .iter()
+        .map(|&index| kvm_msr_entry { index, ..Default::default() })
+        .collect();
+    let mut msrs = Msrs::from_entries(&entries).map_err(|e| RuntimeError::InvalidConfig(format!("MSR list: {e:?}")))?;
+    let n = fd.get_msrs(&mut msrs).map_err(kvm_err("KVM_GET_MSRS"))?;
+    for (slot, e) in s.msrs.iter_mut().zip(msrs.as_slice().iter().take(n)) {
+        *slot = *e;
+    }
+    s.msr_count = U32::new(n.min(MAX_MSRS) as u32);
+    Ok(s)
+}
+
+fn restore_vcpu(fd: &VcpuFd, s: &VcpuState) -> Result<(), RuntimeError> {
+    fd.set_mp_state(kvm_mp_state { mp_state: s.mp_state.get() })
+        .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+    fd.set_regs(&s.regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    fd.set_sregs(&s.sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    // SAFETY: the struct is the 4096-byte legacy layout and KVM_CAP_XSAVE2
+    // is not enabled, so KVM reads only that much.
+    unsafe { fd.set_xsave(&s.xsave) }.map_err(kvm_err("KVM_SET_XSAVE"))?;
+    fd.set_xcrs(&s.xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
+    fd.set_lapic(&s.lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+    let n = (s.msr_count.get() as usize).min(MAX_MSRS);
+    let msrs = Msrs::from_entries(&s.msrs[..n]).map_err(|e| RuntimeError::InvalidConfig(format!("MSR list: {e:?}")))?;
+    let written = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    if written != n {
+        return Err(RuntimeError::InvalidConfig(format!(
+            "KVM accepted {written} of {n} MSRs (first rejected index {:#x})",
+            s.msrs[written].index
+        )));
+    }
+    fd.set_vcpu_events(&s.events).map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
+    Ok(())
+}
