@@ -7,8 +7,8 @@ use crate::spec::cluster::{CertConfig, CertRotation, MigrationConfig};
 use crate::spec::datavolume::{ContentType, DataVolumeSpec, VolumeMode};
 use crate::spec::network::OnOff;
 use crate::spec::vmi::{
-    Cpu, CpuFeaturePolicy, Disk, DiskBus, DiskTarget, Features, Interface,
-    InterfaceModel, Machine, Network, PodNetwork, Port, VmiSpec, WatchdogAction,
+    Cpu, CpuFeaturePolicy, Disk, DiskBus, DiskTarget, Features, Interface, InterfaceModel, Machine,
+    Network, PodNetwork, Port, VmiSpec, WatchdogAction,
 };
 use crate::spec::{Empty, FeatureState};
 use crate::Quantity;
@@ -52,8 +52,12 @@ pub fn apply(obj: &mut Object) {
             n.spec.vlan.get_or_insert(0);
             n.spec.vlan_qos.get_or_insert(0);
             n.spec.link_state.get_or_insert_with(|| "auto".into());
-            n.spec.spoof_chk.get_or_insert_with(|| OnOff::Text("on".into()));
-            n.spec.trust.get_or_insert_with(|| OnOff::Text("off".into()));
+            n.spec
+                .spoof_chk
+                .get_or_insert_with(|| OnOff::Text("on".into()));
+            n.spec
+                .trust
+                .get_or_insert_with(|| OnOff::Text("off".into()));
         }
         // A NAD's config is the user's JSON text; its defaults are read
         // through `BridgeConfig`'s accessors instead of rewriting it.
@@ -219,17 +223,30 @@ mod tests {
     fn bare_vm_gets_machine_cpu_and_pod_network() {
         let mut o = vm(BARE);
         apply(&mut o);
-        let Object::VirtualMachine(v) = &o else { panic!() };
+        let Object::VirtualMachine(v) = &o else {
+            panic!()
+        };
         let s = &v.spec.template.spec;
         assert_eq!(s.domain.machine.as_ref().unwrap().machine_type, "q35");
         let cpu = s.domain.cpu.as_ref().unwrap();
-        assert_eq!((cpu.cores, cpu.sockets, cpu.threads), (Some(1), Some(1), Some(1)));
+        assert_eq!(
+            (cpu.cores, cpu.sockets, cpu.threads),
+            (Some(1), Some(1), Some(1))
+        );
         assert_eq!(s.domain.devices.interfaces.len(), 1);
         assert!(s.domain.devices.interfaces[0].masquerade.is_some());
-        assert_eq!(s.domain.devices.interfaces[0].model, Some(InterfaceModel::Virtio));
+        assert_eq!(
+            s.domain.devices.interfaces[0].model,
+            Some(InterfaceModel::Virtio)
+        );
         assert_eq!(s.networks[0].name, "default");
         assert_eq!(
-            s.networks[0].pod.as_ref().unwrap().vm_network_cidr.as_deref(),
+            s.networks[0]
+                .pod
+                .as_ref()
+                .unwrap()
+                .vm_network_cidr
+                .as_deref(),
             Some("10.0.2.0/24")
         );
         assert_eq!(s.termination_grace_period_seconds, Some(30));
@@ -240,9 +257,14 @@ mod tests {
     fn explicit_values_are_never_overridden() {
         let mut o = vm("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      terminationGracePeriodSeconds: 0\n      domain:\n        machine: {type: pc-q35-rhel8.1.0}\n        cpu: {cores: 2}\n        resources: {requests: {memory: 64Mi}}\n        devices:\n          autoattachPodInterface: false\n");
         apply(&mut o);
-        let Object::VirtualMachine(v) = &o else { panic!() };
+        let Object::VirtualMachine(v) = &o else {
+            panic!()
+        };
         let s = &v.spec.template.spec;
-        assert_eq!(s.domain.machine.as_ref().unwrap().machine_type, "pc-q35-rhel8.1.0");
+        assert_eq!(
+            s.domain.machine.as_ref().unwrap().machine_type,
+            "pc-q35-rhel8.1.0"
+        );
         assert_eq!(s.domain.cpu.as_ref().unwrap().cores, Some(2));
         assert_eq!(s.termination_grace_period_seconds, Some(0));
         assert!(s.domain.devices.interfaces.is_empty(), "autoattach off");
@@ -252,7 +274,9 @@ mod tests {
     fn disks_buses_and_cloud_init_disk() {
         let mut o = vm("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      domain:\n        resources: {requests: {memory: 64Mi}}\n        devices:\n          disks:\n          - {name: root}\n          - {name: cd, cdrom: {}}\n      volumes:\n      - {name: root, containerDisk: {image: x}}\n      - {name: cd, containerDisk: {image: y}}\n      - {name: ci, cloudInitNoCloud: {userData: \"#cloud-config\"}}\n");
         apply(&mut o);
-        let Object::VirtualMachine(v) = &o else { panic!() };
+        let Object::VirtualMachine(v) = &o else {
+            panic!()
+        };
         let disks = &v.spec.template.spec.domain.devices.disks;
         assert_eq!(disks[0].disk.as_ref().unwrap().bus, Some(DiskBus::Virtio));
         assert_eq!(disks[1].cdrom.as_ref().unwrap().bus, Some(DiskBus::Sata));
@@ -264,18 +288,34 @@ mod tests {
     fn secure_boot_turns_smm_on_and_then_validates() {
         let text = "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      domain:\n        firmware: {bootloader: {efi: {}}}\n        resources: {requests: {memory: 64Mi}}\n";
         let mut o = vm(text);
-        assert!(!validate_object(&o).is_valid(), "efi:{{}} without smm is invalid before defaulting");
+        assert!(
+            !validate_object(&o).is_valid(),
+            "efi:{{}} without smm is invalid before defaulting"
+        );
         apply(&mut o);
-        let Object::VirtualMachine(v) = &o else { panic!() };
+        let Object::VirtualMachine(v) = &o else {
+            panic!()
+        };
         let d = &v.spec.template.spec.domain;
         assert!(d.features.as_ref().unwrap().smm_enabled());
-        let efi = d.firmware.as_ref().unwrap().bootloader.as_ref().unwrap().efi.as_ref().unwrap();
+        let efi = d
+            .firmware
+            .as_ref()
+            .unwrap()
+            .bootloader
+            .as_ref()
+            .unwrap()
+            .efi
+            .as_ref()
+            .unwrap();
         assert_eq!((efi.secure_boot, efi.persistent), (Some(true), Some(false)));
         assert!(validate_object(&o).is_valid());
         // secureBoot: false needs no SMM and gets none.
         let mut o = vm(&text.replace("efi: {}", "efi: {secureBoot: false}"));
         apply(&mut o);
-        let Object::VirtualMachine(v) = &o else { panic!() };
+        let Object::VirtualMachine(v) = &o else {
+            panic!()
+        };
         assert!(v.spec.template.spec.domain.features.is_none());
     }
 
@@ -285,22 +325,41 @@ mod tests {
         migration_config(&mut m);
         assert_eq!(m.parallel_migrations_per_cluster, Some(5));
         assert_eq!(m.parallel_outbound_migrations_per_node, Some(2));
-        assert_eq!(m.bandwidth_per_migration.unwrap().to_bytes().unwrap(), 67_108_864);
+        assert_eq!(
+            m.bandwidth_per_migration.unwrap().to_bytes().unwrap(),
+            67_108_864
+        );
         assert_eq!(m.completion_timeout_per_gib, Some(800));
         assert_eq!(m.progress_timeout, Some(150));
         let mut c = CertConfig::default();
         cert_config(&mut c);
         assert_eq!(c.ca.as_ref().unwrap().duration.as_deref(), Some("48h0m0s"));
-        assert_eq!(c.server.as_ref().unwrap().renew_before.as_deref(), Some("12h0m0s"));
+        assert_eq!(
+            c.server.as_ref().unwrap().renew_before.as_deref(),
+            Some("12h0m0s")
+        );
     }
 
     #[test]
     fn watchdog_and_datavolume_defaults() {
         let mut o = vm("apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n      domain:\n        resources: {requests: {memory: 64Mi}}\n        devices:\n          watchdog: {name: w, i6300esb: {}}\n  dataVolumeTemplates:\n  - metadata: {name: dv}\n    spec:\n      source: {blank: {}}\n      pvc: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n");
         apply(&mut o);
-        let Object::VirtualMachine(v) = &o else { panic!() };
-        let w = v.spec.template.spec.domain.devices.watchdog.as_ref().unwrap();
-        assert_eq!(w.i6300esb.as_ref().unwrap().action, Some(WatchdogAction::Reset));
+        let Object::VirtualMachine(v) = &o else {
+            panic!()
+        };
+        let w = v
+            .spec
+            .template
+            .spec
+            .domain
+            .devices
+            .watchdog
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            w.i6300esb.as_ref().unwrap().action,
+            Some(WatchdogAction::Reset)
+        );
         let dv = &v.spec.data_volume_templates[0].spec;
         assert_eq!(dv.content_type, Some(ContentType::Kubevirt));
         assert_eq!(dv.pvc.volume_mode, Some(VolumeMode::Filesystem));

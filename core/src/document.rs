@@ -257,7 +257,10 @@ pub fn parse_value(value: Value, index: usize, mode: Mode) -> Result<Document, P
         message,
     };
     if !value.is_object() {
-        return Err(err("<root>", "a document must be a mapping (an object)".into()));
+        return Err(err(
+            "<root>",
+            "a document must be a mapping (an object)".into(),
+        ));
     }
     let kind = match value.get("kind") {
         Some(Value::String(k)) => k.clone(),
@@ -292,13 +295,11 @@ pub fn parse_value(value: Value, index: usize, mode: Mode) -> Result<Document, P
         "SriovNetwork" => Object::SriovNetwork(typed(&value, &mut unknown, index)?),
         "HyperConverged" => Object::HyperConverged(typed(&value, &mut unknown, index)?),
         "ConfigMap" => Object::ConfigMap(typed(&value, &mut unknown, index)?),
-        "VirtualMachineInstanceReplicaSet" => {
-            return Err(err(
-                "kind",
-                "VirtualMachineInstanceReplicaSet is not supported (VM replica sets are unsupported)"
-                    .into(),
-            ))
-        }
+        "VirtualMachineInstanceReplicaSet" => return Err(err(
+            "kind",
+            "VirtualMachineInstanceReplicaSet is not supported (VM replica sets are unsupported)"
+                .into(),
+        )),
         other => {
             return Err(err(
                 "kind",
@@ -368,27 +369,67 @@ fn lookup<'a>(mut v: &'a Value, segments: &[Segment]) -> Option<&'a Value> {
 /// Known fields written in the wrong place: (object kind, path pattern with
 /// `*` for any index, canonical path).
 const MISPLACED: &[(&str, &str, &str)] = &[
-    ("VirtualMachine", "spec.evictionStrategy", "spec.template.spec.evictionStrategy"),
+    (
+        "VirtualMachine",
+        "spec.evictionStrategy",
+        "spec.template.spec.evictionStrategy",
+    ),
     (
         "VirtualMachine",
         "spec.terminationGracePeriodSeconds",
         "spec.template.spec.terminationGracePeriodSeconds",
     ),
     ("VirtualMachine", "spec.domain", "spec.template.spec.domain"),
-    ("VirtualMachine", "spec.template.domain", "spec.template.spec.domain"),
-    ("VirtualMachine", "spec.affinity", "spec.template.spec.affinity"),
-    ("VirtualMachine", "spec.tolerations", "spec.template.spec.tolerations"),
-    ("VirtualMachine", "spec.nodeSelector", "spec.template.spec.nodeSelector"),
-    ("VirtualMachine", "spec.volumes", "spec.template.spec.volumes"),
-    ("VirtualMachine", "spec.networks", "spec.template.spec.networks"),
-    ("VirtualMachine", "spec.template.volumes", "spec.template.spec.volumes"),
-    ("VirtualMachine", "spec.template.networks", "spec.template.spec.networks"),
+    (
+        "VirtualMachine",
+        "spec.template.domain",
+        "spec.template.spec.domain",
+    ),
+    (
+        "VirtualMachine",
+        "spec.affinity",
+        "spec.template.spec.affinity",
+    ),
+    (
+        "VirtualMachine",
+        "spec.tolerations",
+        "spec.template.spec.tolerations",
+    ),
+    (
+        "VirtualMachine",
+        "spec.nodeSelector",
+        "spec.template.spec.nodeSelector",
+    ),
+    (
+        "VirtualMachine",
+        "spec.volumes",
+        "spec.template.spec.volumes",
+    ),
+    (
+        "VirtualMachine",
+        "spec.networks",
+        "spec.template.spec.networks",
+    ),
+    (
+        "VirtualMachine",
+        "spec.template.volumes",
+        "spec.template.spec.volumes",
+    ),
+    (
+        "VirtualMachine",
+        "spec.template.networks",
+        "spec.template.spec.networks",
+    ),
     (
         "VirtualMachine",
         "spec.dataVolumeTemplates[*].spec.storageClassName",
         "spec.dataVolumeTemplates[*].spec.pvc.storageClassName",
     ),
-    ("DataVolume", "spec.storageClassName", "spec.pvc.storageClassName"),
+    (
+        "DataVolume",
+        "spec.storageClassName",
+        "spec.pvc.storageClassName",
+    ),
     ("VirtualMachineInstance", "spec.template", "spec"),
 ];
 
@@ -467,10 +508,8 @@ fn classify_unknown(doc: &mut Document, segments: Vec<Segment>, value: Value) {
             }
             if path.ends_with("storageClassName") && doc.mode == Mode::Lenient {
                 relocate_storage_class(doc, &segments, &value);
-                doc.parse_report.warn(
-                    &path,
-                    format!("misplaced field moved to {expected}"),
-                );
+                doc.parse_report
+                    .warn(&path, format!("misplaced field moved to {expected}"));
             } else {
                 doc.parse_report.error(
                     &path,
@@ -497,7 +536,8 @@ fn classify_unknown(doc: &mut Document, segments: Vec<Segment>, value: Value) {
             if hint.is_empty() {
                 doc.parse_report.warn(&path, "unknown field (kept)");
             } else {
-                doc.parse_report.error(&path, format!("unknown field{hint}"));
+                doc.parse_report
+                    .error(&path, format!("unknown field{hint}"));
             }
             doc.unknown_fields.push(UnknownField { segments, value });
         }
@@ -549,7 +589,9 @@ fn insert(root: &mut Value, segments: &[Segment], value: Value) {
     for s in parents {
         cur = match s {
             Segment::Key(k) => {
-                let Some(map) = cur.as_object_mut() else { return };
+                let Some(map) = cur.as_object_mut() else {
+                    return;
+                };
                 map.entry(k.clone())
                     .or_insert_with(|| Value::Object(Map::new()))
             }

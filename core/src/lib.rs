@@ -25,6 +25,7 @@
 
 pub mod defaults;
 pub mod document;
+pub mod fuzzing;
 pub mod quantity;
 pub mod spec;
 pub mod validate;

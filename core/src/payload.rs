@@ -83,7 +83,10 @@ pub fn print_and_power_off(text: &str) -> Result<Payload, PayloadError> {
     power_off16(&mut a)?;
     let mut code = a.assemble(0)?;
     if code.len() > usize::from(MSG_OFFSET) {
-        return Err(PayloadError(format!("code of {} bytes overlaps the message", code.len())));
+        return Err(PayloadError(format!(
+            "code of {} bytes overlaps the message",
+            code.len()
+        )));
     }
     code.resize(usize::from(MSG_OFFSET), 0x90);
     code.extend(text.bytes().filter(|b| *b != 0));
@@ -229,7 +232,10 @@ impl Payload {
         vm.write_memory(self.load_addr, &self.code)?;
         let boot = match self.entry {
             Entry::Real { cs: seg, ip: off } => BootState::RealMode { cs: seg, ip: off },
-            Entry::Long { rip: entry, rsp: stack } => BootState::LongMode {
+            Entry::Long {
+                rip: entry,
+                rsp: stack,
+            } => BootState::LongMode {
                 rip: entry,
                 rsp: stack,
             },
@@ -261,7 +267,15 @@ mod tests {
         let p = print_and_power_off("hi").unwrap();
         assert!(p.code.ends_with(b"hi\0"));
         let m = mnemonics(16, &p.code, 0);
-        assert_eq!(&m[..4], &[Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Lodsb, Mnemonic::Test]);
+        assert_eq!(
+            &m[..4],
+            &[
+                Mnemonic::Mov,
+                Mnemonic::Mov,
+                Mnemonic::Lodsb,
+                Mnemonic::Test
+            ]
+        );
         assert!(m.contains(&Mnemonic::Out));
         assert_eq!(p.entry, Entry::Real { cs: 0x1000, ip: 0 });
     }
@@ -269,7 +283,13 @@ mod tests {
     #[test]
     fn touch_payload_is_long_mode_and_sized() {
         let p = touch_pages(16, Some(100), 8).unwrap();
-        assert_eq!(p.entry, Entry::Long { rip: LOAD_ADDR, rsp: STACK_TOP });
+        assert_eq!(
+            p.entry,
+            Entry::Long {
+                rip: LOAD_ADDR,
+                rsp: STACK_TOP
+            }
+        );
         assert_eq!(p.min_memory, TOUCH_BASE + 16 * 4096);
         let m = mnemonics(64, &p.code, LOAD_ADDR);
         assert_eq!(m[0], Mnemonic::Mov);

@@ -544,9 +544,18 @@ mod tests {
             "1.5.0M".parse::<Quantity>(),
             Err(QuantityError::BadSuffix { .. })
         ));
-        assert!(matches!("Gi".parse::<Quantity>(), Err(QuantityError::BadNumber { .. })));
-        assert!(matches!("-".parse::<Quantity>(), Err(QuantityError::BadNumber { .. })));
-        assert!(matches!("1e".parse::<Quantity>(), Err(QuantityError::BadSuffix { .. })));
+        assert!(matches!(
+            "Gi".parse::<Quantity>(),
+            Err(QuantityError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            "-".parse::<Quantity>(),
+            Err(QuantityError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            "1e".parse::<Quantity>(),
+            Err(QuantityError::BadSuffix { .. })
+        ));
         assert!(matches!(
             "99999999999999999999Ei".parse::<Quantity>(),
             Err(QuantityError::OutOfRange { .. })
@@ -557,7 +566,10 @@ mod tests {
             "1e400".parse::<Quantity>(),
             Err(QuantityError::OutOfRange { .. })
         ));
-        assert!(matches!(q("-1Gi").to_bytes(), Err(QuantityError::Negative(_))));
+        assert!(matches!(
+            q("-1Gi").to_bytes(),
+            Err(QuantityError::Negative(_))
+        ));
         let msg = "2GB".parse::<Quantity>().unwrap_err().to_string();
         assert!(msg.contains("unknown suffix \"GB\""), "{msg}");
     }
@@ -566,7 +578,14 @@ mod tests {
     fn arithmetic_and_multiples() {
         let gap = q("256Mi").checked_sub(&q("128Mi")).unwrap();
         assert_eq!(gap, q("128Mi"));
-        assert_eq!(q("1100Mi").checked_sub(&q("1G")).unwrap().to_bytes().unwrap(), 153_433_600);
+        assert_eq!(
+            q("1100Mi")
+                .checked_sub(&q("1G"))
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+            153_433_600
+        );
         assert!(q("4Gi").is_multiple_of(&q("1Gi")));
         assert!(!q("500Mi").is_multiple_of(&q("1Gi")));
         assert!(!q("3Mi").is_multiple_of(&q("2Mi")));

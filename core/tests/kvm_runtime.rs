@@ -55,7 +55,10 @@ fn wait_for_counter(vm: &Vm, above: u64) -> u64 {
         if c > above {
             return c;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "counter stuck at {c}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "counter stuck at {c}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -91,7 +94,10 @@ fn multi_vcpu_vm_runs_and_stops_with_parked_aps() {
         .serial_output(Box::new(out.clone()))
         .build()
         .unwrap();
-    payload::print_and_power_off("ok\n").unwrap().load(&vm).unwrap();
+    payload::print_and_power_off("ok\n")
+        .unwrap()
+        .load(&vm)
+        .unwrap();
     vm.start().unwrap();
     // The APs sit in wait-for-SIPI inside KVM_RUN; power-off must still
     // bring every thread home.
@@ -105,7 +111,10 @@ fn long_mode_page_toucher_counts_and_writes_pages() {
         return;
     }
     let vm = VmBuilder::new(config(1, 4)).build().unwrap();
-    payload::touch_pages(8, Some(200), 0).unwrap().load(&vm).unwrap();
+    payload::touch_pages(8, Some(200), 0)
+        .unwrap()
+        .load(&vm)
+        .unwrap();
     vm.start().unwrap();
     assert_eq!(vm.wait().unwrap(), VmExit::PowerOff);
     assert_eq!(counter(&vm), 200);
@@ -126,7 +135,13 @@ fn pause_freezes_and_resume_continues() {
     }
     let vm = VmBuilder::new(config(2, 4)).build().unwrap();
     payload::touch_pages(4, None, 0).unwrap().load(&vm).unwrap();
-    assert!(matches!(vm.pause(), Err(RuntimeError::BadState { op: "pause", state: RunState::Created })));
+    assert!(matches!(
+        vm.pause(),
+        Err(RuntimeError::BadState {
+            op: "pause",
+            state: RunState::Created
+        })
+    ));
     vm.start().unwrap();
     wait_for_counter(&vm, 10);
     vm.pause().unwrap();
@@ -195,22 +210,37 @@ fn dirty_log_merges_guest_and_vmm_writes() {
         return;
     }
     let vm = VmBuilder::new(config(1, 4)).build().unwrap();
-    payload::touch_pages(8, Some(64), 0).unwrap().load(&vm).unwrap();
+    payload::touch_pages(8, Some(64), 0)
+        .unwrap()
+        .load(&vm)
+        .unwrap();
     let _ = vm.take_dirty_pages().unwrap(); // clear the loader's writes
     vm.set_dirty_logging(true).unwrap();
     vm.start().unwrap();
     assert_eq!(vm.wait().unwrap(), VmExit::PowerOff);
     let maps = vm.take_dirty_pages().unwrap();
-    let pages: Vec<u64> = maps.iter().flat_map(|m| m.pages().collect::<Vec<_>>()).collect();
+    let pages: Vec<u64> = maps
+        .iter()
+        .flat_map(|m| m.pages().collect::<Vec<_>>())
+        .collect();
     for k in 0..8u64 {
-        assert!(pages.contains(&(TOUCH_BASE + k * 4096)), "page {k} not dirty: {pages:x?}");
+        assert!(
+            pages.contains(&(TOUCH_BASE + k * 4096)),
+            "page {k} not dirty: {pages:x?}"
+        );
     }
     assert!(pages.contains(&COUNTER_ADDR));
-    assert!(!pages.contains(&(TOUCH_BASE + 9 * 4096)), "untouched page reported");
+    assert!(
+        !pages.contains(&(TOUCH_BASE + 9 * 4096)),
+        "untouched page reported"
+    );
     // A VMM-side write shows up through vm-memory's bitmap.
     vm.write_memory(0x30_0000, &[1, 2, 3]).unwrap();
     let maps = vm.take_dirty_pages().unwrap();
-    let pages: Vec<u64> = maps.iter().flat_map(|m| m.pages().collect::<Vec<_>>()).collect();
+    let pages: Vec<u64> = maps
+        .iter()
+        .flat_map(|m| m.pages().collect::<Vec<_>>())
+        .collect();
     assert_eq!(pages, vec![0x30_0000], "only the VMM write, log was reset");
     assert_eq!(maps.iter().map(|m| m.count()).sum::<u64>(), 1);
 }
@@ -255,7 +285,13 @@ fn secure_boot_needs_smm_from_the_host() {
         assert!(r.is_ok());
     } else {
         let e = r.err().unwrap();
-        assert!(matches!(e, RuntimeError::MissingCapability { capability: "KVM_CAP_X86_SMM", .. }));
+        assert!(matches!(
+            e,
+            RuntimeError::MissingCapability {
+                capability: "KVM_CAP_X86_SMM",
+                ..
+            }
+        ));
         assert!(e.to_string().contains("KVM_CAP_X86_SMM"));
     }
 }
@@ -265,7 +301,10 @@ fn bad_configs_are_typed_errors() {
     if !kvm_present() {
         return;
     }
-    assert!(matches!(VmBuilder::new(config(0, 2)).build(), Err(RuntimeError::InvalidConfig(_))));
+    assert!(matches!(
+        VmBuilder::new(config(0, 2)).build(),
+        Err(RuntimeError::InvalidConfig(_))
+    ));
     assert!(matches!(
         VmBuilder::new(config(1, 1 << 40)).build(),
         Err(RuntimeError::InsufficientHostMemory { .. })

@@ -212,9 +212,21 @@ fn unknown_run_strategy() {
 #[test]
 fn duplicate_boot_order_across_disks_and_interfaces() {
     let mut v = base(BASE_VM);
-    set(&mut v, &format!("{T}/domain/devices/disks/0/bootOrder"), json!(1));
-    set(&mut v, &format!("{T}/domain/devices/disks/1/bootOrder"), json!(2));
-    set(&mut v, &format!("{T}/domain/devices/interfaces/1/bootOrder"), json!(1));
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/disks/0/bootOrder"),
+        json!(1),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/disks/1/bootOrder"),
+        json!(2),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/interfaces/1/bootOrder"),
+        json!(1),
+    );
     assert_error(
         v,
         &format!("{TP}.domain.devices.interfaces[1].bootOrder"),
@@ -225,22 +237,56 @@ fn duplicate_boot_order_across_disks_and_interfaces() {
 #[test]
 fn istio_mesh_ports_are_refused_only_in_the_mesh() {
     let mut v = base(BASE_VM);
-    set(&mut v, &format!("{T}/domain/devices/interfaces/0/ports/0/port"), json!(15000));
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/interfaces/0/ports/0/port"),
+        json!(15000),
+    );
     assert!(report(v.clone()).is_valid(), "not in the mesh");
-    set(&mut v, "/spec/template/metadata/annotations", json!({"sidecar.istio.io/inject": "true"}));
-    assert_error(v, &format!("{TP}.domain.devices.interfaces[0].ports[0].port"), "Istio sidecar");
+    set(
+        &mut v,
+        "/spec/template/metadata/annotations",
+        json!({"sidecar.istio.io/inject": "true"}),
+    );
+    assert_error(
+        v,
+        &format!("{TP}.domain.devices.interfaces[0].ports[0].port"),
+        "Istio sidecar",
+    );
 }
 
 #[test]
 fn dedicated_cpus_need_whole_equal_cpu_requests() {
     let mut v = base(BASE_VM);
-    set(&mut v, &format!("{T}/domain/cpu/dedicatedCpuPlacement"), json!(true));
-    set(&mut v, &format!("{T}/domain/resources/requests/cpu"), json!("1500m"));
-    set(&mut v, &format!("{T}/domain/resources/limits/cpu"), json!("2"));
-    set(&mut v, &format!("{T}/domain/resources/limits/memory"), json!("1Gi"));
+    set(
+        &mut v,
+        &format!("{T}/domain/cpu/dedicatedCpuPlacement"),
+        json!(true),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/resources/requests/cpu"),
+        json!("1500m"),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/resources/limits/cpu"),
+        json!("2"),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/resources/limits/memory"),
+        json!("1Gi"),
+    );
     let r = report(v);
-    assert!(r.has_path(&format!("{TP}.domain.resources.requests.cpu")), "{r:#?}");
-    assert!(r.has_path(&format!("{TP}.domain.resources.limits.cpu")), "{r:#?}");
+    assert!(
+        r.has_path(&format!("{TP}.domain.resources.requests.cpu")),
+        "{r:#?}"
+    );
+    assert!(
+        r.has_path(&format!("{TP}.domain.resources.limits.cpu")),
+        "{r:#?}"
+    );
 }
 
 #[test]
@@ -252,8 +298,16 @@ fn memory_limit_headroom_boundaries() {
         ("1G", "1100Mi", true),
     ] {
         let mut v = base(BASE_VM);
-        set(&mut v, &format!("{T}/domain/resources/requests/memory"), json!(req));
-        set(&mut v, &format!("{T}/domain/resources/limits/memory"), json!(lim));
+        set(
+            &mut v,
+            &format!("{T}/domain/resources/requests/memory"),
+            json!(req),
+        );
+        set(
+            &mut v,
+            &format!("{T}/domain/resources/limits/memory"),
+            json!(lim),
+        );
         assert_eq!(report(v).is_valid(), ok, "{req}/{lim}");
     }
 }
@@ -270,8 +324,16 @@ fn hugepages_table() {
         ("32Gi", "16Gi", false),
     ] {
         let mut v = base(BASE_VM);
-        set(&mut v, &format!("{T}/domain/resources/requests/memory"), json!(mem));
-        set(&mut v, &format!("{T}/domain/memory/hugepages/pageSize"), json!(page));
+        set(
+            &mut v,
+            &format!("{T}/domain/resources/requests/memory"),
+            json!(mem),
+        );
+        set(
+            &mut v,
+            &format!("{T}/domain/memory/hugepages/pageSize"),
+            json!(page),
+        );
         assert_eq!(report(v).is_valid(), ok, "{mem} on {page}");
     }
 }
@@ -285,7 +347,11 @@ fn secure_boot_smm_table() {
         (json!({}), Some(json!({"enabled": false})), false),
     ] {
         let mut v = base(BASE_VM);
-        set(&mut v, &format!("{T}/domain/firmware/bootloader/efi"), efi.clone());
+        set(
+            &mut v,
+            &format!("{T}/domain/firmware/bootloader/efi"),
+            efi.clone(),
+        );
         if let Some(s) = smm.clone() {
             set(&mut v, &format!("{T}/domain/features/smm"), s);
         }
@@ -297,10 +363,26 @@ fn secure_boot_smm_table() {
 fn many_faults_are_reported_in_one_pass() {
     let mut v = base(BASE_VM);
     set(&mut v, &format!("{T}/domain/cpu/cores"), json!(0));
-    set(&mut v, &format!("{T}/domain/devices/disks/0/name"), json!("missing"));
-    set(&mut v, &format!("{T}/domain/devices/disks/1/bootOrder"), json!(0));
-    set(&mut v, &format!("{T}/domain/devices/interfaces/0/ports/0/port"), json!(49152));
-    set(&mut v, &format!("{T}/domain/devices/interfaces/1/macAddress"), json!("zz"));
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/disks/0/name"),
+        json!("missing"),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/disks/1/bootOrder"),
+        json!(0),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/interfaces/0/ports/0/port"),
+        json!(49152),
+    );
+    set(
+        &mut v,
+        &format!("{T}/domain/devices/interfaces/1/macAddress"),
+        json!("zz"),
+    );
     let r = report(v);
     let paths: Vec<&str> = r.errors().map(|e| e.path.as_str()).collect();
     for p in [
@@ -329,18 +411,78 @@ spec:
 fn datavolume_rules_each_report_their_path() {
     assert!(report(base(BASE_DV)).is_valid());
     let cases: Vec<(&str, Value, &str, &str)> = vec![
-        ("/spec/source", json!({}), "spec.source", "exactly one source is required"),
-        ("/spec/source/blank", json!({}), "spec.source", "exactly one source is allowed, found http, blank"),
-        ("/spec/source/http/url", json!(""), "spec.source.http.url", "url is required"),
-        ("/spec/source/http/url", json!("ftp://x/y"), "spec.source.http.url", "http or https"),
-        ("/spec/source", json!({"registry": {"url": "quay.io/x"}}), "spec.source.registry.url", "docker://"),
-        ("/spec/source", json!({"pvc": {"name": ""}}), "spec.source.pvc.name", "required"),
-        ("/spec/pvc/resources/requests", json!({}), "spec.pvc.resources.requests.storage", "target size is required"),
-        ("/spec/pvc/resources/requests/storage", json!("0"), "spec.pvc.resources.requests.storage", "greater than 0"),
-        ("/spec/pvc/accessModes", json!([]), "spec.pvc.accessModes", "at least one access mode"),
-        ("/spec/pvc/accessModes", json!(["ReadSometimes"]), "spec.pvc.accessModes[0]", "unknown access mode"),
-        ("/spec/pvc/volumeMode", json!("Blob"), "spec.pvc.volumeMode", "unknown volume mode"),
-        ("/spec/contentType", json!("iso"), "spec.contentType", "unknown content type"),
+        (
+            "/spec/source",
+            json!({}),
+            "spec.source",
+            "exactly one source is required",
+        ),
+        (
+            "/spec/source/blank",
+            json!({}),
+            "spec.source",
+            "exactly one source is allowed, found http, blank",
+        ),
+        (
+            "/spec/source/http/url",
+            json!(""),
+            "spec.source.http.url",
+            "url is required",
+        ),
+        (
+            "/spec/source/http/url",
+            json!("ftp://x/y"),
+            "spec.source.http.url",
+            "http or https",
+        ),
+        (
+            "/spec/source",
+            json!({"registry": {"url": "quay.io/x"}}),
+            "spec.source.registry.url",
+            "docker://",
+        ),
+        (
+            "/spec/source",
+            json!({"pvc": {"name": ""}}),
+            "spec.source.pvc.name",
+            "required",
+        ),
+        (
+            "/spec/pvc/resources/requests",
+            json!({}),
+            "spec.pvc.resources.requests.storage",
+            "target size is required",
+        ),
+        (
+            "/spec/pvc/resources/requests/storage",
+            json!("0"),
+            "spec.pvc.resources.requests.storage",
+            "greater than 0",
+        ),
+        (
+            "/spec/pvc/accessModes",
+            json!([]),
+            "spec.pvc.accessModes",
+            "at least one access mode",
+        ),
+        (
+            "/spec/pvc/accessModes",
+            json!(["ReadSometimes"]),
+            "spec.pvc.accessModes[0]",
+            "unknown access mode",
+        ),
+        (
+            "/spec/pvc/volumeMode",
+            json!("Blob"),
+            "spec.pvc.volumeMode",
+            "unknown volume mode",
+        ),
+        (
+            "/spec/contentType",
+            json!("iso"),
+            "spec.contentType",
+            "unknown content type",
+        ),
         ("/metadata/name", json!(""), "metadata.name", "required"),
     ];
     for (pointer, value, path, contains) in cases {
@@ -351,7 +493,11 @@ fn datavolume_rules_each_report_their_path() {
     let mut v = base(BASE_DV);
     set(&mut v, "/spec/contentType", json!("archive"));
     set(&mut v, "/spec/pvc/volumeMode", json!("Block"));
-    assert_error(v, "spec.contentType", "archive content cannot target a Block volume");
+    assert_error(
+        v,
+        "spec.contentType",
+        "archive content cannot target a Block volume",
+    );
 }
 
 #[test]
@@ -360,28 +506,89 @@ fn network_object_rules() {
         json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
                "metadata": {"name": "n"}, "spec": {"config": config}})
     };
-    assert!(report(nad(r#"{"cniVersion":"0.3.1","type":"cnv-bridge","bridge":"br1","vlan":100}"#)).is_valid());
-    assert_error(nad(r#"{"cniVersion":"0.3.1","type":"cnv-bridge","bridge":"br1","vlan":5000}"#), "spec.config.plugins[0].vlan", "out of range 0..4094");
-    assert_error(nad(r#"{"cniVersion":"0.3.1","type":"bridge","bridge":"a-very-long-bridge-name"}"#), "spec.config.plugins[0].bridge", "1-15 bytes");
-    assert_error(nad(r#"{"cniVersion":"9.9.9","type":"bridge"}"#), "spec.config.cniVersion", "unsupported cniVersion");
-    assert_error(nad(r#"{"cniVersion":"0.3.1","type":"bridge","vlan":"ten"}"#), "spec.config.vlan", "invalid type");
-    assert_error(nad(r#"{"cniVersion":"0.3.1","plugins":[{"type":"sriov","vlan":1,"spoofchk":"yes"}]}"#), "spec.config.plugins[0].spoofchk", "\"on\" or \"off\"");
-    assert_error(nad(r#"{"cniVersion":"0.3.1","type":"bridge","mtu":20}"#), "spec.config.plugins[0].mtu", "out of range");
+    assert!(report(nad(
+        r#"{"cniVersion":"0.3.1","type":"cnv-bridge","bridge":"br1","vlan":100}"#
+    ))
+    .is_valid());
+    assert_error(
+        nad(r#"{"cniVersion":"0.3.1","type":"cnv-bridge","bridge":"br1","vlan":5000}"#),
+        "spec.config.plugins[0].vlan",
+        "out of range 0..4094",
+    );
+    assert_error(
+        nad(r#"{"cniVersion":"0.3.1","type":"bridge","bridge":"a-very-long-bridge-name"}"#),
+        "spec.config.plugins[0].bridge",
+        "1-15 bytes",
+    );
+    assert_error(
+        nad(r#"{"cniVersion":"9.9.9","type":"bridge"}"#),
+        "spec.config.cniVersion",
+        "unsupported cniVersion",
+    );
+    assert_error(
+        nad(r#"{"cniVersion":"0.3.1","type":"bridge","vlan":"ten"}"#),
+        "spec.config.vlan",
+        "invalid type",
+    );
+    assert_error(
+        nad(r#"{"cniVersion":"0.3.1","plugins":[{"type":"sriov","vlan":1,"spoofchk":"yes"}]}"#),
+        "spec.config.plugins[0].spoofchk",
+        "\"on\" or \"off\"",
+    );
+    assert_error(
+        nad(r#"{"cniVersion":"0.3.1","type":"bridge","mtu":20}"#),
+        "spec.config.plugins[0].mtu",
+        "out of range",
+    );
     assert_error(nad(""), "spec.config", "required");
-    assert_error(nad(r#"{"cniVersion":"0.3.1","plugins":[{"type":"flannel"}]}"#), "spec.config.plugins[0].type", "unsupported plugin type");
+    assert_error(
+        nad(r#"{"cniVersion":"0.3.1","plugins":[{"type":"flannel"}]}"#),
+        "spec.config.plugins[0].type",
+        "unsupported plugin type",
+    );
 
     let policy = || -> Value {
         base("apiVersion: sriovnetwork.openshift.io/v1\nkind: SriovNetworkNodePolicy\nmetadata: {name: p}\nspec:\n  resourceName: intelnics\n  numVfs: 4\n  nicSelector: {vendor: \"8086\"}\n  deviceType: vfio-pci\n")
     };
     assert!(report(policy()).is_valid());
     for (pointer, value, path, contains) in [
-        ("/spec/priority", json!(100), "spec.priority", "out of range 0..99"),
+        (
+            "/spec/priority",
+            json!(100),
+            "spec.priority",
+            "out of range 0..99",
+        ),
         ("/spec/numVfs", json!(0), "spec.numVfs", "out of range"),
-        ("/spec/nicSelector/vendor", json!("10de"), "spec.nicSelector.vendor", "allowed: 8086, 15b3"),
-        ("/spec/nicSelector/deviceID", json!("abcd"), "spec.nicSelector.deviceID", "allowed: 158b, 1015, 1017"),
-        ("/spec/nicSelector/rootDevices", json!(["02:00.1"]), "spec.nicSelector.rootDevices[0]", "not a PCI address"),
-        ("/spec/resourceName", json!("intel.nics"), "spec.resourceName", "letters, digits"),
-        ("/spec/deviceType", json!("uio"), "spec.deviceType", "vfio-pci or netdevice"),
+        (
+            "/spec/nicSelector/vendor",
+            json!("10de"),
+            "spec.nicSelector.vendor",
+            "allowed: 8086, 15b3",
+        ),
+        (
+            "/spec/nicSelector/deviceID",
+            json!("abcd"),
+            "spec.nicSelector.deviceID",
+            "allowed: 158b, 1015, 1017",
+        ),
+        (
+            "/spec/nicSelector/rootDevices",
+            json!(["02:00.1"]),
+            "spec.nicSelector.rootDevices[0]",
+            "not a PCI address",
+        ),
+        (
+            "/spec/resourceName",
+            json!("intel.nics"),
+            "spec.resourceName",
+            "letters, digits",
+        ),
+        (
+            "/spec/deviceType",
+            json!("uio"),
+            "spec.deviceType",
+            "vfio-pci or netdevice",
+        ),
         ("/spec/isRdma", json!(true), "spec.isRdma", "RDMA"),
         ("/spec/mtu", json!(10000), "spec.mtu", "out of range"),
     ] {
@@ -395,13 +602,43 @@ fn network_object_rules() {
     };
     assert!(report(network()).is_valid());
     for (pointer, value, path, contains) in [
-        ("/spec/vlan", json!(4096), "spec.vlan", "out of range 0..4095"),
-        ("/spec/vlanQoS", json!(8), "spec.vlanQoS", "out of range 0..7"),
-        ("/spec/spoofChk", json!(true), "spec.spoofChk", "quoted string"),
-        ("/spec/trust", json!("yes"), "spec.trust", "\"on\" or \"off\""),
-        ("/spec/linkState", json!("up"), "spec.linkState", "enable, disable or auto"),
+        (
+            "/spec/vlan",
+            json!(4096),
+            "spec.vlan",
+            "out of range 0..4095",
+        ),
+        (
+            "/spec/vlanQoS",
+            json!(8),
+            "spec.vlanQoS",
+            "out of range 0..7",
+        ),
+        (
+            "/spec/spoofChk",
+            json!(true),
+            "spec.spoofChk",
+            "quoted string",
+        ),
+        (
+            "/spec/trust",
+            json!("yes"),
+            "spec.trust",
+            "\"on\" or \"off\"",
+        ),
+        (
+            "/spec/linkState",
+            json!("up"),
+            "spec.linkState",
+            "enable, disable or auto",
+        ),
         ("/spec/maxTxRate", json!(-1), "spec.maxTxRate", ">= 0"),
-        ("/spec/resourceName", json!(""), "spec.resourceName", "required"),
+        (
+            "/spec/resourceName",
+            json!(""),
+            "spec.resourceName",
+            "required",
+        ),
     ] {
         let mut v = network();
         set(&mut v, pointer, value);
@@ -421,25 +658,87 @@ fn cluster_config_rules() {
     assert!(report(hc()).is_valid());
     // The seed's troubleshooting case: ca 4h/1h, server.duration default 24h.
     let mut v = hc();
-    set(&mut v, "/spec/certConfig", json!({"ca": {"duration": "4h0m0s", "renewBefore": "1h0m0s"}, "server": {"renewBefore": "4h0m0s"}}));
+    set(
+        &mut v,
+        "/spec/certConfig",
+        json!({"ca": {"duration": "4h0m0s", "renewBefore": "1h0m0s"}, "server": {"renewBefore": "4h0m0s"}}),
+    );
     let r = report(v.clone());
     let errors: Vec<_> = r.errors().collect();
     assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert_eq!(errors[0].message, "spec.certConfig: ca.duration is smaller than server.duration (4h0m0s < 24h0m0s)");
+    assert_eq!(
+        errors[0].message,
+        "spec.certConfig: ca.duration is smaller than server.duration (4h0m0s < 24h0m0s)"
+    );
     set(&mut v, "/spec/certConfig/server/duration", json!("4h0m0s"));
     assert!(report(v).is_valid());
     for (pointer, value, path, contains) in [
-        ("/spec/certConfig/ca/duration", json!("9m59s"), "spec.certConfig.ca.duration", "value is too small"),
-        ("/spec/certConfig/server/renewBefore", json!("1d"), "spec.certConfig.server.renewBefore", "invalid duration"),
-        ("/spec/certConfig/ca/renewBefore", json!("72h"), "spec.certConfig.ca", "duration is smaller than renewBefore"),
-        ("/spec/certConfig/server/renewBefore", json!("25h"), "spec.certConfig.server", "duration is smaller than renewBefore"),
-        ("/spec/liveMigrationConfig/parallelMigrationsPerCluster", json!(0), "spec.liveMigrationConfig.parallelMigrationsPerCluster", ">= 1"),
-        ("/spec/liveMigrationConfig/progressTimeout", json!(-5), "spec.liveMigrationConfig.progressTimeout", ">= 1"),
-        ("/spec/liveMigrationConfig/bandwidthPerMigration", json!("-1Mi"), "spec.liveMigrationConfig.bandwidthPerMigration", ">= 0"),
-        ("/spec/permittedHostDevices/pciHostDevices", json!([{"pciVendorSelector": "10DE-1EB8", "resourceName": "nvidia.com/T4"}]), "spec.permittedHostDevices.pciHostDevices[0].pciVendorSelector", "VVVV:DDDD"),
-        ("/spec/permittedHostDevices/pciHostDevices", json!([{"pciVendorSelector": "10DE:1EB8", "resourceName": "T4"}]), "spec.permittedHostDevices.pciHostDevices[0].resourceName", "vendor-domain/NAME"),
-        ("/spec/permittedHostDevices/pciHostDevices", json!([{"pciVendorSelector": "10DE:1EB8", "resourceName": "nvidia.com/T4"}, {"pciVendorSelector": "10de:1eb8", "resourceName": "nvidia.com/T4b"}]), "spec.permittedHostDevices.pciHostDevices[1].pciVendorSelector", "duplicate selector"),
-        ("/apiVersion", json!("hco.kubevirt.io/v2"), "apiVersion", "accepted"),
+        (
+            "/spec/certConfig/ca/duration",
+            json!("9m59s"),
+            "spec.certConfig.ca.duration",
+            "value is too small",
+        ),
+        (
+            "/spec/certConfig/server/renewBefore",
+            json!("1d"),
+            "spec.certConfig.server.renewBefore",
+            "invalid duration",
+        ),
+        (
+            "/spec/certConfig/ca/renewBefore",
+            json!("72h"),
+            "spec.certConfig.ca",
+            "duration is smaller than renewBefore",
+        ),
+        (
+            "/spec/certConfig/server/renewBefore",
+            json!("25h"),
+            "spec.certConfig.server",
+            "duration is smaller than renewBefore",
+        ),
+        (
+            "/spec/liveMigrationConfig/parallelMigrationsPerCluster",
+            json!(0),
+            "spec.liveMigrationConfig.parallelMigrationsPerCluster",
+            ">= 1",
+        ),
+        (
+            "/spec/liveMigrationConfig/progressTimeout",
+            json!(-5),
+            "spec.liveMigrationConfig.progressTimeout",
+            ">= 1",
+        ),
+        (
+            "/spec/liveMigrationConfig/bandwidthPerMigration",
+            json!("-1Mi"),
+            "spec.liveMigrationConfig.bandwidthPerMigration",
+            ">= 0",
+        ),
+        (
+            "/spec/permittedHostDevices/pciHostDevices",
+            json!([{"pciVendorSelector": "10DE-1EB8", "resourceName": "nvidia.com/T4"}]),
+            "spec.permittedHostDevices.pciHostDevices[0].pciVendorSelector",
+            "VVVV:DDDD",
+        ),
+        (
+            "/spec/permittedHostDevices/pciHostDevices",
+            json!([{"pciVendorSelector": "10DE:1EB8", "resourceName": "T4"}]),
+            "spec.permittedHostDevices.pciHostDevices[0].resourceName",
+            "vendor-domain/NAME",
+        ),
+        (
+            "/spec/permittedHostDevices/pciHostDevices",
+            json!([{"pciVendorSelector": "10DE:1EB8", "resourceName": "nvidia.com/T4"}, {"pciVendorSelector": "10de:1eb8", "resourceName": "nvidia.com/T4b"}]),
+            "spec.permittedHostDevices.pciHostDevices[1].pciVendorSelector",
+            "duplicate selector",
+        ),
+        (
+            "/apiVersion",
+            json!("hco.kubevirt.io/v2"),
+            "apiVersion",
+            "accepted",
+        ),
     ] {
         let mut v = hc();
         set(&mut v, pointer, value);
@@ -460,47 +759,83 @@ fn unknown_and_misplaced_fields() {
     let text = BASE_VM.replace("apiVersion:", "apiversion: kubevirt.io/v1\napiVersion:");
     let doc = parse_one(&text, Mode::Strict).unwrap();
     let r = validate_document(&doc);
-    let e = r.errors().find(|e| e.path == "apiversion").expect("reported");
-    assert!(e.message.contains("did you mean `apiVersion`"), "{}", e.message);
+    let e = r
+        .errors()
+        .find(|e| e.path == "apiversion")
+        .expect("reported");
+    assert!(
+        e.message.contains("did you mean `apiVersion`"),
+        "{}",
+        e.message
+    );
 
     // Seed defect: evictionStrategy directly under the VM spec.
-    let text = BASE_VM.replace("  running: false\n", "  running: false\n  evictionStrategy: LiveMigrate\n");
+    let text = BASE_VM.replace(
+        "  running: false\n",
+        "  running: false\n  evictionStrategy: LiveMigrate\n",
+    );
     for mode in [Mode::Strict, Mode::Lenient] {
         let r = validate_document(&parse_one(&text, mode).unwrap());
-        let e = r.errors().find(|e| e.path == "spec.evictionStrategy").expect("reported");
-        assert!(e.message.contains("spec.template.spec.evictionStrategy"), "{}", e.message);
+        let e = r
+            .errors()
+            .find(|e| e.path == "spec.evictionStrategy")
+            .expect("reported");
+        assert!(
+            e.message.contains("spec.template.spec.evictionStrategy"),
+            "{}",
+            e.message
+        );
     }
 
     // Seed defect: `domain` under spec.template (overcommit example).
-    let text = BASE_VM.replace("    metadata: {labels: {kubevirt.io/vm: base}}\n", "    metadata: {labels: {kubevirt.io/vm: base}}\n    domain: {memory: {guest: 2048M}}\n");
+    let text = BASE_VM.replace(
+        "    metadata: {labels: {kubevirt.io/vm: base}}\n",
+        "    metadata: {labels: {kubevirt.io/vm: base}}\n    domain: {memory: {guest: 2048M}}\n",
+    );
     let r = validate_document(&parse_one(&text, Mode::Lenient).unwrap());
-    let e = r.errors().find(|e| e.path == "spec.template.domain").expect("reported");
+    let e = r
+        .errors()
+        .find(|e| e.path == "spec.template.domain")
+        .expect("reported");
     assert!(e.message.contains("spec.template.spec.domain"));
 
     // A plain unknown field: error in strict mode, kept warning in lenient.
     let text = BASE_VM.replace("cpu: {cores: 1}", "cpu: {cores: 1, turbo: true}");
     let strict = validate_document(&parse_one(&text, Mode::Strict).unwrap());
-    let e = strict.errors().find(|e| e.path == format!("{TP}.domain.cpu.turbo")).expect("strict error");
+    let e = strict
+        .errors()
+        .find(|e| e.path == format!("{TP}.domain.cpu.turbo"))
+        .expect("strict error");
     assert_eq!(e.severity, Severity::Error);
     let doc = parse_one(&text, Mode::Lenient).unwrap();
     let lenient = validate_document(&doc);
     assert!(lenient.is_valid(), "{lenient:#?}");
-    assert!(lenient.warnings().any(|w| w.path == format!("{TP}.domain.cpu.turbo")));
+    assert!(lenient
+        .warnings()
+        .any(|w| w.path == format!("{TP}.domain.cpu.turbo")));
     // ... and it is written back on serialization.
     let out = doc.to_value().unwrap();
-    assert_eq!(out["spec"]["template"]["spec"]["domain"]["cpu"]["turbo"], json!(true));
+    assert_eq!(
+        out["spec"]["template"]["spec"]["domain"]["cpu"]["turbo"],
+        json!(true)
+    );
 }
 
 #[test]
 fn datavolume_storage_class_misplacement() {
     let text = BASE_DV.replace("  pvc:\n", "  storageClassName: local\n  pvc:\n");
     let strict = validate_document(&parse_one(&text, Mode::Strict).unwrap());
-    let e = strict.errors().find(|e| e.path == "spec.storageClassName").expect("strict error");
+    let e = strict
+        .errors()
+        .find(|e| e.path == "spec.storageClassName")
+        .expect("strict error");
     assert!(e.message.contains("spec.pvc.storageClassName"));
     let doc = parse_one(&text, Mode::Lenient).unwrap();
     let lenient = validate_document(&doc);
     assert!(lenient.is_valid(), "{lenient:#?}");
-    let virtkit_core::document::Object::DataVolume(dv) = &doc.object else { panic!() };
+    let virtkit_core::document::Object::DataVolume(dv) = &doc.object else {
+        panic!()
+    };
     assert_eq!(dv.spec.pvc.storage_class_name.as_deref(), Some("local"));
 }
 
@@ -512,7 +847,11 @@ fn type_errors_name_their_path() {
     let text = BASE_VM.replace("memory: 64Mi", "memory: 2GB");
     let err = parse_one(&text, Mode::Strict).unwrap_err();
     assert_eq!(err.path, format!("{TP}.domain.resources.requests.memory"));
-    assert!(err.message.contains("unknown suffix \"GB\""), "{}", err.message);
+    assert!(
+        err.message.contains("unknown suffix \"GB\""),
+        "{}",
+        err.message
+    );
     let err = parse_one("kind: Pod\n", Mode::Strict).unwrap_err();
     assert_eq!(err.path, "kind");
     let err = parse_one("kind: VirtualMachineInstanceReplicaSet\n", Mode::Strict).unwrap_err();
@@ -522,11 +861,18 @@ fn type_errors_name_their_path() {
 }
 
 fn fixtures(dir: &str) -> Vec<(String, String)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let mut v: Vec<_> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -542,7 +888,8 @@ fn seed_fixtures_parse_validate_and_round_trip() {
             assert!(r.is_valid(), "{name} doc {}: {:#?}", doc.index, r);
             // parse → serialize → parse gives the same value.
             let yaml = doc.to_yaml().unwrap();
-            let again = parse_one(&yaml, Mode::Strict).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"));
+            let again =
+                parse_one(&yaml, Mode::Strict).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"));
             assert_eq!(again.object, doc.object, "{name} doc {}", doc.index);
             // JSON too.
             let json = serde_json::to_string(&doc.to_value().unwrap()).unwrap();
@@ -557,7 +904,10 @@ fn seed_fixtures_parse_validate_and_round_trip() {
 #[test]
 fn kind_list_and_empty_documents() {
     let text = "---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: kubevirt.io/v1\n  kind: VirtualMachineInstanceMigration\n  metadata: {name: a}\n  spec: {vmiName: x}\n- apiVersion: kubevirt.io/v1\n  kind: VirtualMachineInstanceMigration\n  metadata: {name: b}\n  spec: {vmiName: y}\n---\n";
-    let docs: Vec<_> = parse_all(text, Mode::Strict).into_iter().map(Result::unwrap).collect();
+    let docs: Vec<_> = parse_all(text, Mode::Strict)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[1].object.name(), Some("b"));
     assert_eq!(docs[1].index, 1);

@@ -19,8 +19,14 @@ fn run_boots_the_embedded_demo_and_prints_the_greeting() {
     if !kvm_present() {
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_virtkit-run")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_virtkit-run"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "Hello from virtkit! VM demo is running with 1 vCPU and 64 MiB of memory.\n"
@@ -60,7 +66,10 @@ fn run_rejects_an_invalid_spec_with_every_path_and_exit_2() {
         "spec.template.spec.domain.devices.interfaces[0].ports[0].port",
         "spec.template.spec.domain.devices.interfaces[0].ports[1].port",
     ] {
-        assert!(err.contains(&format!("invalid.yaml: {path}: ")), "{path} missing:\n{err}");
+        assert!(
+            err.contains(&format!("invalid.yaml: {path}: ")),
+            "{path} missing:\n{err}"
+        );
     }
     assert!(out.stdout.is_empty(), "nothing may run");
 }
@@ -92,10 +101,20 @@ fn run_stops_a_counting_guest_at_its_timeout() {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_virtkit-run"))
-        .args([&vms("demo.yaml"), "--payload", "touch-pages", "--timeout", "1"])
+        .args([
+            &vms("demo.yaml"),
+            "--payload",
+            "touch-pages",
+            "--timeout",
+            "1",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let count: u64 = err
         .rsplit("guest counter ")
@@ -107,7 +126,10 @@ fn run_stops_a_counting_guest_at_its_timeout() {
 
 #[test]
 fn validate_reports_file_path_message_and_exit_codes() {
-    let fixtures = format!("{}/../core/tests/fixtures/valid", env!("CARGO_MANIFEST_DIR"));
+    let fixtures = format!(
+        "{}/../core/tests/fixtures/valid",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let valid: Vec<String> = std::fs::read_dir(&fixtures)
         .unwrap()
         .map(|e| e.unwrap().path().display().to_string())
@@ -117,7 +139,11 @@ fn validate_reports_file_path_message_and_exit_codes() {
         .args([vms("demo.yaml"), vms("smp.yaml")])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
 
     let bad = Command::new(env!("CARGO_BIN_EXE_virtkit-validate"))
         .arg(vms("invalid.yaml"))
@@ -126,8 +152,17 @@ fn validate_reports_file_path_message_and_exit_codes() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let text = String::from_utf8_lossy(&bad.stdout);
-    assert!(text.contains(&format!("{}: spec.template.spec.domain.cpu.cores: must be >= 1, got 0", vms("invalid.yaml"))), "{text}");
-    assert!(!text.contains("demo.yaml"), "the valid file has no findings");
+    assert!(
+        text.contains(&format!(
+            "{}: spec.template.spec.domain.cpu.cores: must be >= 1, got 0",
+            vms("invalid.yaml")
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("demo.yaml"),
+        "the valid file has no findings"
+    );
 
     let json = Command::new(env!("CARGO_BIN_EXE_virtkit-validate"))
         .args(["--json", &vms("invalid.yaml"), &vms("demo.yaml")])

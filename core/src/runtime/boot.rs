@@ -73,8 +73,9 @@ pub fn apply(
     sregs: &mut kvm_sregs,
 ) -> Result<(), RuntimeError> {
     let write = |addr: u64, bytes: &[u8]| {
-        mem.write_slice(bytes, GuestAddress(addr))
-            .map_err(|e| RuntimeError::GuestMemory(format!("writing boot structures at {addr:#x}: {e}")))
+        mem.write_slice(bytes, GuestAddress(addr)).map_err(|e| {
+            RuntimeError::GuestMemory(format!("writing boot structures at {addr:#x}: {e}"))
+        })
     };
     *regs = kvm_regs {
         rflags: 0x2,
@@ -84,7 +85,13 @@ pub fn apply(
         BootState::RealMode { cs, ip } => {
             sregs.cs.selector = cs;
             sregs.cs.base = u64::from(cs) << 4;
-            for s in [&mut sregs.ds, &mut sregs.es, &mut sregs.ss, &mut sregs.fs, &mut sregs.gs] {
+            for s in [
+                &mut sregs.ds,
+                &mut sregs.es,
+                &mut sregs.ss,
+                &mut sregs.fs,
+                &mut sregs.gs,
+            ] {
                 s.selector = cs;
                 s.base = u64::from(cs) << 4;
             }

@@ -147,6 +147,9 @@ mod tests {
         assert!(!bus.read(0x3ff, &mut b));
         assert_eq!(b, [0xff, 0xff]);
         assert!(!bus.write(0x1000, &[1]));
-        assert!(matches!(bus.insert(0x10, 0, Arc::new(Mutex::new(Reg(vec![])))), Err(BusError::ZeroLength { .. })));
+        assert!(matches!(
+            bus.insert(0x10, 0, Arc::new(Mutex::new(Reg(vec![])))),
+            Err(BusError::ZeroLength { .. })
+        ));
     }
 }

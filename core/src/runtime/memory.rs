@@ -74,7 +74,9 @@ pub fn create(bytes: u64) -> Result<GuestMem, RuntimeError> {
         .map(|r| {
             usize::try_from(r.len)
                 .map(|len| (GuestAddress(r.guest_addr), len))
-                .map_err(|_| RuntimeError::InvalidConfig(format!("memory range {} too large", r.len)))
+                .map_err(|_| {
+                    RuntimeError::InvalidConfig(format!("memory range {} too large", r.len))
+                })
         })
         .collect::<Result<_, _>>()?;
     GuestMemoryMmap::from_ranges(&ranges).map_err(|e| RuntimeError::GuestMemory(e.to_string()))
@@ -86,13 +88,31 @@ mod tests {
 
     #[test]
     fn layout_splits_around_the_hole_and_rounds_pages() {
-        assert_eq!(layout(64 << 20), vec![RamRange { guest_addr: 0, len: 64 << 20 }]);
+        assert_eq!(
+            layout(64 << 20),
+            vec![RamRange {
+                guest_addr: 0,
+                len: 64 << 20
+            }]
+        );
         // 1G decimal = 244,140.625 pages → 244,141 pages.
         assert_eq!(layout(1_000_000_000)[0].len, 1_000_001_536);
         let big = layout(5 << 30);
         assert_eq!(big.len(), 2);
-        assert_eq!(big[0], RamRange { guest_addr: 0, len: 3 << 30 });
-        assert_eq!(big[1], RamRange { guest_addr: 4 << 30, len: 2 << 30 });
+        assert_eq!(
+            big[0],
+            RamRange {
+                guest_addr: 0,
+                len: 3 << 30
+            }
+        );
+        assert_eq!(
+            big[1],
+            RamRange {
+                guest_addr: 4 << 30,
+                len: 2 << 30
+            }
+        );
     }
 
     #[test]

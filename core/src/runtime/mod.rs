@@ -24,7 +24,7 @@ mod vm;
 pub use boot::BootState;
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use state::{StateError, VcpuState, VmClockState};
-pub use vm::{DirtyBitmap, RunState, Vm, VmBuilder, VmConfig};
+pub use vm::{dirty_pages, DirtyBitmap, RunState, Vm, VmBuilder, VmConfig};
 
 use std::fmt;
 
@@ -115,7 +115,9 @@ pub enum RuntimeError {
         needed_for: &'static str,
     },
     /// The VM asks for more memory than the host has.
-    #[error("guest memory of {requested} bytes exceeds host memory ({available} bytes of RAM + swap)")]
+    #[error(
+        "guest memory of {requested} bytes exceeds host memory ({available} bytes of RAM + swap)"
+    )]
     InsufficientHostMemory {
         /// Bytes asked for.
         requested: u64,

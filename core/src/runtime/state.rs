@@ -7,8 +7,8 @@
 //! x86-64 native (little-endian) layouts from kvm-bindings.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, kvm_xsave,
+    kvm_clock_data, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
 };
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
@@ -199,18 +199,33 @@ mod tests {
         assert_eq!(back.regs.rip, 0x1234);
         assert_eq!(back.msrs[0].data, 99);
 
-        assert!(matches!(VcpuState::from_bytes(&bytes[1..]), Err(StateError::Size { .. })));
+        assert!(matches!(
+            VcpuState::from_bytes(&bytes[1..]),
+            Err(StateError::Size { .. })
+        ));
         let mut bad = bytes.clone();
         bad[0] = b'X';
-        assert!(matches!(VcpuState::from_bytes(&bad), Err(StateError::Magic(_))));
+        assert!(matches!(
+            VcpuState::from_bytes(&bad),
+            Err(StateError::Magic(_))
+        ));
         let mut bad = bytes.clone();
         bad[8] = 9;
-        assert!(matches!(VcpuState::from_bytes(&bad), Err(StateError::Version(9))));
+        assert!(matches!(
+            VcpuState::from_bytes(&bad),
+            Err(StateError::Version(9))
+        ));
         let mut bad = bytes;
         bad[20..24].copy_from_slice(&1000u32.to_le_bytes());
-        assert!(matches!(VcpuState::from_bytes(&bad), Err(StateError::Corrupt(_))));
+        assert!(matches!(
+            VcpuState::from_bytes(&bad),
+            Err(StateError::Corrupt(_))
+        ));
 
-        let c = VmClockState::new(kvm_clock_data { clock: 42, ..Default::default() });
+        let c = VmClockState::new(kvm_clock_data {
+            clock: 42,
+            ..Default::default()
+        });
         let back = VmClockState::from_bytes(c.as_bytes()).unwrap();
         assert_eq!(back.clock.clock, 42);
         assert!(VmClockState::from_bytes(&[0u8; 3]).is_err());

@@ -53,7 +53,9 @@ pub(crate) fn install_kick_handler() -> Result<(), RuntimeError> {
             .map_or(0, |e| e.errno())
     });
     if errno != 0 {
-        return Err(RuntimeError::Thread(std::io::Error::from_raw_os_error(errno)));
+        return Err(RuntimeError::Thread(std::io::Error::from_raw_os_error(
+            errno,
+        )));
     }
     Ok(())
 }
@@ -130,7 +132,13 @@ fn kick(threads: &[libc::pthread_t]) {
 }
 
 /// The body of one vCPU thread.
-pub(crate) fn run(id: u8, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, pio: Arc<Bus>, mmio: Arc<Bus>) {
+pub(crate) fn run(
+    id: u8,
+    vcpu: Arc<Mutex<VcpuFd>>,
+    ctl: Arc<Control>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+) {
     loop {
         {
             let mut g = ctl.lock();

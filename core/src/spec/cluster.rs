@@ -61,7 +61,10 @@ pub struct MigrationConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bandwidth_per_migration: Option<Quantity>,
     /// Seconds per GiB of memory before cancel (default 800).
-    #[serde(rename = "completionTimeoutPerGiB", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "completionTimeoutPerGiB",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub completion_timeout_per_gib: Option<i64>,
     /// Seconds without progress before cancel (default 150).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -373,7 +376,12 @@ impl ConfigMap {
     pub fn feature_gates(&self) -> Vec<&str> {
         self.data
             .get("feature-gates")
-            .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

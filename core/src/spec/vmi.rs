@@ -638,8 +638,14 @@ impl Volume {
         };
         add(self.container_disk.is_some(), "containerDisk");
         add(self.cloud_init_no_cloud.is_some(), "cloudInitNoCloud");
-        add(self.cloud_init_config_drive.is_some(), "cloudInitConfigDrive");
-        add(self.persistent_volume_claim.is_some(), "persistentVolumeClaim");
+        add(
+            self.cloud_init_config_drive.is_some(),
+            "cloudInitConfigDrive",
+        );
+        add(
+            self.persistent_volume_claim.is_some(),
+            "persistentVolumeClaim",
+        );
         add(self.data_volume.is_some(), "dataVolume");
         add(self.ephemeral.is_some(), "ephemeral");
         add(self.empty_disk.is_some(), "emptyDisk");

@@ -13,8 +13,7 @@ use crate::spec::cluster::{
 };
 use crate::spec::datavolume::{ContentType, DataVolume, DataVolumeSpec, VolumeMode};
 use crate::spec::network::{
-    CniConfig, CniPlugin, NetworkAttachmentDefinition, OnOff, SriovNetwork,
-    SriovNetworkNodePolicy,
+    CniConfig, CniPlugin, NetworkAttachmentDefinition, OnOff, SriovNetwork, SriovNetworkNodePolicy,
 };
 use crate::spec::vm::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
@@ -29,7 +28,10 @@ pub(super) fn api_version(got: &str, allowed: &[&str], r: &mut Report) {
         } else {
             format!("unsupported apiVersion {got:?}")
         };
-        r.error("apiVersion", format!("{what}; accepted: {}", allowed.join(", ")));
+        r.error(
+            "apiVersion",
+            format!("{what}; accepted: {}", allowed.join(", ")),
+        );
     }
 }
 
@@ -44,7 +46,10 @@ fn vm_metadata(m: &ObjectMeta, r: &mut Report) {
     }
     if let Some(ns) = &m.namespace {
         if !super::syntax::is_dns_label(ns) {
-            r.error("metadata.namespace", format!("{ns:?} is not a valid namespace"));
+            r.error(
+                "metadata.namespace",
+                format!("{ns:?} is not a valid namespace"),
+            );
         }
     }
 }
@@ -60,13 +65,20 @@ pub(super) fn virtual_machine(vm: &VirtualMachine, r: &mut Report) {
     vm_metadata(&vm.metadata, r);
     let spec = P::root("spec");
     if let (Some(_), Some(_)) = (vm.spec.running, &vm.spec.run_strategy) {
-        r.error(spec.field("runStrategy"), "running and runStrategy are mutually exclusive");
+        r.error(
+            spec.field("runStrategy"),
+            "running and runStrategy are mutually exclusive",
+        );
     }
     if let Some(rs) = &vm.spec.run_strategy {
         if rs.is_unknown() {
             r.error(
                 spec.field("runStrategy"),
-                format!("unknown run strategy {:?}; allowed: {}", rs.as_str(), crate::spec::vm::RunStrategy::ALLOWED.join(", ")),
+                format!(
+                    "unknown run strategy {:?}; allowed: {}",
+                    rs.as_str(),
+                    crate::spec::vm::RunStrategy::ALLOWED.join(", ")
+                ),
             );
         }
     }
@@ -90,10 +102,16 @@ pub(super) fn virtual_machine(vm: &VirtualMachine, r: &mut Report) {
             None | Some("") => r.error(tp.field("metadata").field("name"), "name is required"),
             Some(n) => {
                 if !names.insert(n) {
-                    r.error(tp.field("metadata").field("name"), format!("duplicate DataVolume template name {n:?}"));
+                    r.error(
+                        tp.field("metadata").field("name"),
+                        format!("duplicate DataVolume template name {n:?}"),
+                    );
                 }
                 if !is_wizard_disk_name(n) {
-                    r.error(tp.field("metadata").field("name"), format!("{n:?} is not a valid DataVolume name"));
+                    r.error(
+                        tp.field("metadata").field("name"),
+                        format!("{n:?} is not a valid DataVolume name"),
+                    );
                 }
             }
         }
@@ -119,17 +137,25 @@ pub(super) fn preset(p: &VirtualMachineInstancePreset, r: &mut Report) {
     api_version(&p.api_version, KUBEVIRT_API_VERSIONS, r);
     named(&p.metadata, r);
     if p.spec.selector.match_labels.is_empty() && p.spec.selector.match_expressions.is_empty() {
-        r.error("spec.selector", "a selector (matchLabels or matchExpressions) is required");
+        r.error(
+            "spec.selector",
+            "a selector (matchLabels or matchExpressions) is required",
+        );
     }
 }
 
 pub(super) fn data_volume(dv: &DataVolume, r: &mut Report) {
-    api_version(&dv.api_version, crate::spec::datavolume::CDI_API_VERSIONS, r);
+    api_version(
+        &dv.api_version,
+        crate::spec::datavolume::CDI_API_VERSIONS,
+        r,
+    );
     match dv.metadata.name.as_deref() {
         None | Some("") => r.error("metadata.name", "name is required"),
-        Some(n) if !is_wizard_disk_name(n) => {
-            r.error("metadata.name", format!("{n:?} is not a valid DataVolume name"))
-        }
+        Some(n) if !is_wizard_disk_name(n) => r.error(
+            "metadata.name",
+            format!("{n:?} is not a valid DataVolume name"),
+        ),
         _ => {}
     }
     data_volume_spec(&dv.spec, &P::root("spec"), r);
@@ -140,17 +166,30 @@ pub fn data_volume_spec(spec: &DataVolumeSpec, p: &P, r: &mut Report) {
     let sp = p.field("source");
     let kinds = spec.source.kinds();
     match kinds.len() {
-        0 => r.error(&sp, "exactly one source is required: http, s3, registry, pvc, upload or blank"),
+        0 => r.error(
+            &sp,
+            "exactly one source is required: http, s3, registry, pvc, upload or blank",
+        ),
         1 => {}
-        _ => r.error(&sp, format!("exactly one source is allowed, found {}", kinds.join(", "))),
+        _ => r.error(
+            &sp,
+            format!("exactly one source is allowed, found {}", kinds.join(", ")),
+        ),
     }
     if let Some(h) = &spec.source.http {
         let up = sp.field("http").field("url");
         if h.url.is_empty() {
             r.error(&up, "url is required");
         } else if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-            r.error(&up, format!("{:?} must use the http or https scheme", h.url));
-        } else if h.url.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('/')) {
+            r.error(
+                &up,
+                format!("{:?} must use the http or https scheme", h.url),
+            );
+        } else if h
+            .url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('/'))
+        {
             r.error(&up, format!("{:?} has no host", h.url));
         }
     }
@@ -164,17 +203,29 @@ pub fn data_volume_spec(spec: &DataVolumeSpec, p: &P, r: &mut Report) {
         if reg.url.is_empty() {
             r.error(&up, "url is required");
         } else if !reg.url.starts_with("docker://") && !reg.url.starts_with("oci-archive://") {
-            r.error(&up, format!("{:?} must start with docker:// (or oci-archive://)", reg.url));
+            r.error(
+                &up,
+                format!(
+                    "{:?} must start with docker:// (or oci-archive://)",
+                    reg.url
+                ),
+            );
         }
     }
     if let Some(c) = &spec.source.pvc {
         if c.name.is_empty() {
-            r.error(sp.field("pvc").field("name"), "name of the source volume is required");
+            r.error(
+                sp.field("pvc").field("name"),
+                "name of the source volume is required",
+            );
         }
     }
     let pp = p.field("pvc");
     match spec.pvc.resources.requests.get("storage") {
-        None => r.error(pp.field("resources").field("requests").field("storage"), "the target size is required"),
+        None => r.error(
+            pp.field("resources").field("requests").field("storage"),
+            "the target size is required",
+        ),
         Some(q) if q.is_zero() || q.is_negative() => r.error(
             pp.field("resources").field("requests").field("storage"),
             format!("must be greater than 0, got {q}"),
@@ -182,28 +233,52 @@ pub fn data_volume_spec(spec: &DataVolumeSpec, p: &P, r: &mut Report) {
         _ => {}
     }
     if spec.pvc.access_modes.is_empty() {
-        r.error(pp.field("accessModes"), "at least one access mode is required");
+        r.error(
+            pp.field("accessModes"),
+            "at least one access mode is required",
+        );
     }
     for (i, m) in spec.pvc.access_modes.iter().enumerate() {
         if m.is_unknown() {
             r.error(
                 pp.field("accessModes").index(i),
-                format!("unknown access mode {:?}; allowed: {}", m.as_str(), crate::spec::datavolume::AccessMode::ALLOWED.join(", ")),
+                format!(
+                    "unknown access mode {:?}; allowed: {}",
+                    m.as_str(),
+                    crate::spec::datavolume::AccessMode::ALLOWED.join(", ")
+                ),
             );
         }
     }
     if let Some(m) = &spec.pvc.volume_mode {
         if m.is_unknown() {
-            r.error(pp.field("volumeMode"), format!("unknown volume mode {:?}; allowed: Filesystem, Block", m.as_str()));
+            r.error(
+                pp.field("volumeMode"),
+                format!(
+                    "unknown volume mode {:?}; allowed: Filesystem, Block",
+                    m.as_str()
+                ),
+            );
         }
     }
     if let Some(c) = &spec.content_type {
         if c.is_unknown() {
-            r.error(p.field("contentType"), format!("unknown content type {:?}; allowed: kubevirt, archive", c.as_str()));
+            r.error(
+                p.field("contentType"),
+                format!(
+                    "unknown content type {:?}; allowed: kubevirt, archive",
+                    c.as_str()
+                ),
+            );
         }
     }
-    if spec.content_type == Some(ContentType::Archive) && spec.pvc.volume_mode == Some(VolumeMode::Block) {
-        r.error(p.field("contentType"), "archive content cannot target a Block volume");
+    if spec.content_type == Some(ContentType::Archive)
+        && spec.pvc.volume_mode == Some(VolumeMode::Block)
+    {
+        r.error(
+            p.field("contentType"),
+            "archive content cannot target a Block volume",
+        );
     }
 }
 
@@ -227,7 +302,11 @@ pub fn cni_config(cfg: &CniConfig, r: &mut Report) {
     if !VERSIONS.contains(&cfg.cni_version.as_str()) {
         r.error(
             cp.field("cniVersion"),
-            format!("unsupported cniVersion {:?}; accepted: {}", cfg.cni_version, VERSIONS.join(", ")),
+            format!(
+                "unsupported cniVersion {:?}; accepted: {}",
+                cfg.cni_version,
+                VERSIONS.join(", ")
+            ),
         );
     }
     if cfg.plugins.is_empty() {
@@ -244,7 +323,10 @@ pub fn cni_config(cfg: &CniConfig, r: &mut Report) {
                 }
                 if let Some(v) = b.vlan {
                     if !(0..=4094).contains(&v) {
-                        r.error(pp.field("vlan"), format!("VLAN {v} is out of range 0..4094"));
+                        r.error(
+                            pp.field("vlan"),
+                            format!("VLAN {v} is out of range 0..4094"),
+                        );
                     }
                 }
                 for (j, t) in b.vlan_trunk.iter().flatten().enumerate() {
@@ -264,14 +346,20 @@ pub fn cni_config(cfg: &CniConfig, r: &mut Report) {
                 }
                 if let Some(m) = b.mtu {
                     if !(68..=65535).contains(&m) {
-                        r.error(pp.field("mtu"), format!("MTU {m} is out of range 68..65535"));
+                        r.error(
+                            pp.field("mtu"),
+                            format!("MTU {m} is out of range 68..65535"),
+                        );
                     }
                 }
             }
             CniPlugin::Sriov(s) => {
                 if let Some(v) = s.vlan {
                     if !(0..=4095).contains(&v) {
-                        r.error(pp.field("vlan"), format!("VLAN {v} is out of range 0..4095"));
+                        r.error(
+                            pp.field("vlan"),
+                            format!("VLAN {v} is out of range 0..4095"),
+                        );
                     }
                 }
                 if let Some(q) = s.vlan_qos {
@@ -288,10 +376,20 @@ pub fn cni_config(cfg: &CniConfig, r: &mut Report) {
                 }
                 if let Some(l) = &s.link_state {
                     if !["enable", "disable", "auto"].contains(&l.as_str()) {
-                        r.error(pp.field("link_state"), format!("{l:?} must be enable, disable or auto"));
+                        r.error(
+                            pp.field("link_state"),
+                            format!("{l:?} must be enable, disable or auto"),
+                        );
                     }
                 }
-                tx_rates(s.min_tx_rate, s.max_tx_rate, &pp, "min_tx_rate", "max_tx_rate", r);
+                tx_rates(
+                    s.min_tx_rate,
+                    s.max_tx_rate,
+                    &pp,
+                    "min_tx_rate",
+                    "max_tx_rate",
+                    r,
+                );
             }
             CniPlugin::Tuning(t) => {
                 if let Some(m) = &t.mac {
@@ -303,7 +401,10 @@ pub fn cni_config(cfg: &CniConfig, r: &mut Report) {
             CniPlugin::Macvlan(m) => {
                 if let Some(mode) = &m.mode {
                     if !["bridge", "private", "vepa", "passthru"].contains(&mode.as_str()) {
-                        r.error(pp.field("mode"), format!("{mode:?} must be bridge, private, vepa or passthru"));
+                        r.error(
+                            pp.field("mode"),
+                            format!("{mode:?} must be bridge, private, vepa or passthru"),
+                        );
                     }
                 }
             }
@@ -321,28 +422,54 @@ fn tx_rates(min: Option<i64>, max: Option<i64>, p: &P, min_f: &str, max_f: &str,
     }
     if let (Some(a), Some(b)) = (min, max) {
         if b > 0 && a > b {
-            r.error(p.field(min_f), format!("minimum rate {a} is above the maximum {b}"));
+            r.error(
+                p.field(min_f),
+                format!("minimum rate {a} is above the maximum {b}"),
+            );
         }
     }
 }
 
 pub(super) fn sriov_policy(pol: &SriovNetworkNodePolicy, r: &mut Report) {
-    api_version(&pol.api_version, &[crate::spec::network::SRIOV_API_VERSION], r);
+    api_version(
+        &pol.api_version,
+        &[crate::spec::network::SRIOV_API_VERSION],
+        r,
+    );
     named(&pol.metadata, r);
     let sp = P::root("spec");
     let s = &pol.spec;
     if s.resource_name.is_empty() {
         r.error(sp.field("resourceName"), "resourceName is required");
-    } else if !s.resource_name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-        r.error(sp.field("resourceName"), format!("{:?} may only hold letters, digits and '_'", s.resource_name));
+    } else if !s
+        .resource_name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    {
+        r.error(
+            sp.field("resourceName"),
+            format!(
+                "{:?} may only hold letters, digits and '_'",
+                s.resource_name
+            ),
+        );
     }
     if let Some(p) = s.priority {
         if !(0..=99).contains(&p) {
-            r.error(sp.field("priority"), format!("priority {p} is out of range 0..99"));
+            r.error(
+                sp.field("priority"),
+                format!("priority {p} is out of range 0..99"),
+            );
         }
     }
     if !(1..=256).contains(&s.num_vfs) {
-        r.error(sp.field("numVfs"), format!("numVfs {} is out of range 1..256 (and may not exceed the device's sriov_totalvfs)", s.num_vfs));
+        r.error(
+            sp.field("numVfs"),
+            format!(
+                "numVfs {} is out of range 1..256 (and may not exceed the device's sriov_totalvfs)",
+                s.num_vfs
+            ),
+        );
     }
     if let Some(m) = s.mtu {
         if !(68..=9216).contains(&m) {
@@ -353,33 +480,59 @@ pub(super) fn sriov_policy(pol: &SriovNetworkNodePolicy, r: &mut Report) {
     let n = &s.nic_selector;
     if let Some(v) = &n.vendor {
         if !["8086", "15b3"].contains(&v.to_ascii_lowercase().as_str()) {
-            r.error(np.field("vendor"), format!("vendor {v:?} is not supported; allowed: 8086, 15b3"));
+            r.error(
+                np.field("vendor"),
+                format!("vendor {v:?} is not supported; allowed: 8086, 15b3"),
+            );
         }
     }
     if let Some(d) = &n.device_id {
         if !["158b", "1015", "1017"].contains(&d.to_ascii_lowercase().as_str()) {
-            r.error(np.field("deviceID"), format!("device {d:?} is not supported; allowed: 158b, 1015, 1017"));
+            r.error(
+                np.field("deviceID"),
+                format!("device {d:?} is not supported; allowed: 158b, 1015, 1017"),
+            );
         }
     }
     for (i, rd) in n.root_devices.iter().enumerate() {
         if !is_pci_address(rd) {
-            r.error(np.field("rootDevices").index(i), format!("{rd:?} is not a PCI address (DDDD:BB:DD.F)"));
+            r.error(
+                np.field("rootDevices").index(i),
+                format!("{rd:?} is not a PCI address (DDDD:BB:DD.F)"),
+            );
         }
     }
-    if n.vendor.is_none() && n.device_id.is_none() && n.pf_names.is_empty() && n.root_devices.is_empty() {
-        r.error(&np, "select at least one of vendor, deviceID, pfNames, rootDevices");
+    if n.vendor.is_none()
+        && n.device_id.is_none()
+        && n.pf_names.is_empty()
+        && n.root_devices.is_empty()
+    {
+        r.error(
+            &np,
+            "select at least one of vendor, deviceID, pfNames, rootDevices",
+        );
     }
     match s.device_type.as_deref() {
         None | Some("netdevice") | Some("vfio-pci") => {}
-        Some(other) => r.error(sp.field("deviceType"), format!("{other:?} must be vfio-pci or netdevice")),
+        Some(other) => r.error(
+            sp.field("deviceType"),
+            format!("{other:?} must be vfio-pci or netdevice"),
+        ),
     }
     if s.is_rdma == Some(true) && s.device_type.as_deref() == Some("vfio-pci") {
-        r.error(sp.field("isRdma"), "RDMA cannot be used with deviceType vfio-pci");
+        r.error(
+            sp.field("isRdma"),
+            "RDMA cannot be used with deviceType vfio-pci",
+        );
     }
 }
 
 pub(super) fn sriov_network(net: &SriovNetwork, r: &mut Report) {
-    api_version(&net.api_version, &[crate::spec::network::SRIOV_API_VERSION], r);
+    api_version(
+        &net.api_version,
+        &[crate::spec::network::SRIOV_API_VERSION],
+        r,
+    );
     named(&net.metadata, r);
     let sp = P::root("spec");
     let s = &net.spec;
@@ -388,7 +541,10 @@ pub(super) fn sriov_network(net: &SriovNetwork, r: &mut Report) {
     }
     if let Some(v) = s.vlan {
         if !(0..=4095).contains(&v) {
-            r.error(sp.field("vlan"), format!("VLAN {v} is out of range 0..4095"));
+            r.error(
+                sp.field("vlan"),
+                format!("VLAN {v} is out of range 0..4095"),
+            );
         }
     }
     if let Some(q) = s.vlan_qos {
@@ -410,13 +566,26 @@ pub(super) fn sriov_network(net: &SriovNetwork, r: &mut Report) {
     }
     if let Some(l) = &s.link_state {
         if !["enable", "disable", "auto"].contains(&l.as_str()) {
-            r.error(sp.field("linkState"), format!("{l:?} must be enable, disable or auto"));
+            r.error(
+                sp.field("linkState"),
+                format!("{l:?} must be enable, disable or auto"),
+            );
         }
     }
-    tx_rates(s.min_tx_rate, s.max_tx_rate, &sp, "minTxRate", "maxTxRate", r);
+    tx_rates(
+        s.min_tx_rate,
+        s.max_tx_rate,
+        &sp,
+        "minTxRate",
+        "maxTxRate",
+        r,
+    );
     if let Some(ns) = &s.network_namespace {
         if !ns.is_empty() && !super::syntax::is_dns_label(ns) {
-            r.error(sp.field("networkNamespace"), format!("{ns:?} is not a valid namespace"));
+            r.error(
+                sp.field("networkNamespace"),
+                format!("{ns:?} is not a valid namespace"),
+            );
         }
     }
 }
@@ -440,11 +609,20 @@ pub(super) fn hyperconverged(hc: &HyperConverged, r: &mut Report) {
             let sel = &dev.pci_vendor_selector;
             let ok = sel.len() == 9
                 && sel.as_bytes()[4] == b':'
-                && sel.bytes().enumerate().all(|(k, c)| k == 4 || c.is_ascii_hexdigit());
+                && sel
+                    .bytes()
+                    .enumerate()
+                    .all(|(k, c)| k == 4 || c.is_ascii_hexdigit());
             if !ok {
-                r.error(ip.field("pciVendorSelector"), format!("{sel:?} must be VVVV:DDDD in hex"));
+                r.error(
+                    ip.field("pciVendorSelector"),
+                    format!("{sel:?} must be VVVV:DDDD in hex"),
+                );
             } else if !selectors.insert(sel.to_ascii_lowercase()) {
-                r.error(ip.field("pciVendorSelector"), format!("duplicate selector {sel}"));
+                r.error(
+                    ip.field("pciVendorSelector"),
+                    format!("duplicate selector {sel}"),
+                );
             }
             resource_name(&dev.resource_name, &ip, &mut names, r);
         }
@@ -460,17 +638,29 @@ pub(super) fn hyperconverged(hc: &HyperConverged, r: &mut Report) {
 
 fn resource_name<'a>(name: &'a str, p: &P, seen: &mut HashSet<&'a str>, r: &mut Report) {
     if !is_qualified_resource_name(name) {
-        r.error(p.field("resourceName"), format!("{name:?} must be vendor-domain/NAME"));
+        r.error(
+            p.field("resourceName"),
+            format!("{name:?} must be vendor-domain/NAME"),
+        );
     } else if !seen.insert(name) {
-        r.error(p.field("resourceName"), format!("duplicate resource name {name}"));
+        r.error(
+            p.field("resourceName"),
+            format!("duplicate resource name {name}"),
+        );
     }
 }
 
 /// Rules for live-migration limits at `p`.
 pub fn migration_config(m: &MigrationConfig, p: &P, r: &mut Report) {
     for (f, v) in [
-        ("parallelMigrationsPerCluster", m.parallel_migrations_per_cluster),
-        ("parallelOutboundMigrationsPerNode", m.parallel_outbound_migrations_per_node),
+        (
+            "parallelMigrationsPerCluster",
+            m.parallel_migrations_per_cluster,
+        ),
+        (
+            "parallelOutboundMigrationsPerNode",
+            m.parallel_outbound_migrations_per_node,
+        ),
         ("completionTimeoutPerGiB", m.completion_timeout_per_gib),
         ("progressTimeout", m.progress_timeout),
     ] {
@@ -482,12 +672,18 @@ pub fn migration_config(m: &MigrationConfig, p: &P, r: &mut Report) {
     }
     if let Some(b) = &m.bandwidth_per_migration {
         if b.is_negative() {
-            r.error(p.field("bandwidthPerMigration"), format!("must be >= 0 (0 = unlimited), got {b}"));
+            r.error(
+                p.field("bandwidthPerMigration"),
+                format!("must be >= 0 (0 = unlimited), got {b}"),
+            );
         }
     }
     if let Some(n) = &m.network {
         if !n.is_empty() && !is_dns_subdomain(n.rsplit('/').next().unwrap_or(n)) {
-            r.error(p.field("network"), format!("{n:?} is not a NetworkAttachmentDefinition name"));
+            r.error(
+                p.field("network"),
+                format!("{n:?} is not a NetworkAttachmentDefinition name"),
+            );
         }
     }
 }
@@ -495,8 +691,15 @@ pub fn migration_config(m: &MigrationConfig, p: &P, r: &mut Report) {
 /// certConfig rules, reported in the order: minimums, CA, server,
 /// CA-vs-server.
 pub fn cert_config(c: &CertConfig, p: &P, r: &mut Report) {
-    let get = |rot: &Option<CertRotation>, f: fn(&CertRotation) -> &Option<String>, default: &str, path: P, r: &mut Report| {
-        let text = rot.as_ref().and_then(|x| f(x).clone()).unwrap_or_else(|| default.to_string());
+    let get = |rot: &Option<CertRotation>,
+               f: fn(&CertRotation) -> &Option<String>,
+               default: &str,
+               path: P,
+               r: &mut Report| {
+        let text = rot
+            .as_ref()
+            .and_then(|x| f(x).clone())
+            .unwrap_or_else(|| default.to_string());
         match GoDuration::parse(&text) {
             Ok(d) => Some((d, path)),
             Err(e) => {
@@ -507,29 +710,68 @@ pub fn cert_config(c: &CertConfig, p: &P, r: &mut Report) {
     };
     let ca_p = p.field("ca");
     let server_p = p.field("server");
-    let ca_d = get(&c.ca, |x| &x.duration, CertConfig::DEFAULT_CA_DURATION, ca_p.field("duration"), r);
-    let ca_r = get(&c.ca, |x| &x.renew_before, CertConfig::DEFAULT_CA_RENEW_BEFORE, ca_p.field("renewBefore"), r);
-    let sv_d = get(&c.server, |x| &x.duration, CertConfig::DEFAULT_SERVER_DURATION, server_p.field("duration"), r);
-    let sv_r = get(&c.server, |x| &x.renew_before, CertConfig::DEFAULT_SERVER_RENEW_BEFORE, server_p.field("renewBefore"), r);
+    let ca_d = get(
+        &c.ca,
+        |x| &x.duration,
+        CertConfig::DEFAULT_CA_DURATION,
+        ca_p.field("duration"),
+        r,
+    );
+    let ca_r = get(
+        &c.ca,
+        |x| &x.renew_before,
+        CertConfig::DEFAULT_CA_RENEW_BEFORE,
+        ca_p.field("renewBefore"),
+        r,
+    );
+    let sv_d = get(
+        &c.server,
+        |x| &x.duration,
+        CertConfig::DEFAULT_SERVER_DURATION,
+        server_p.field("duration"),
+        r,
+    );
+    let sv_r = get(
+        &c.server,
+        |x| &x.renew_before,
+        CertConfig::DEFAULT_SERVER_RENEW_BEFORE,
+        server_p.field("renewBefore"),
+        r,
+    );
     let min = GoDuration::from_secs(600);
     for (d, path) in [&ca_d, &ca_r, &sv_d, &sv_r].into_iter().flatten() {
         if *d < min {
-            r.error(path, format!("{p}.{}: value is too small ({d}; the minimum is 10m0s)", path.as_str().trim_start_matches(&format!("{p}."))));
+            r.error(
+                path,
+                format!(
+                    "{p}.{}: value is too small ({d}; the minimum is 10m0s)",
+                    path.as_str().trim_start_matches(&format!("{p}."))
+                ),
+            );
         }
     }
     if let (Some((d, _)), Some((rb, _))) = (&ca_d, &ca_r) {
         if rb > d {
-            r.error(&ca_p, format!("{p}.ca: duration is smaller than renewBefore ({d} < {rb})"));
+            r.error(
+                &ca_p,
+                format!("{p}.ca: duration is smaller than renewBefore ({d} < {rb})"),
+            );
         }
     }
     if let (Some((d, _)), Some((rb, _))) = (&sv_d, &sv_r) {
         if rb > d {
-            r.error(&server_p, format!("{p}.server: duration is smaller than renewBefore ({d} < {rb})"));
+            r.error(
+                &server_p,
+                format!("{p}.server: duration is smaller than renewBefore ({d} < {rb})"),
+            );
         }
     }
     if let (Some((ca, _)), Some((sv, _))) = (&ca_d, &sv_d) {
         if sv > ca {
-            r.error(p, format!("{p}: ca.duration is smaller than server.duration ({ca} < {sv})"));
+            r.error(
+                p,
+                format!("{p}: ca.duration is smaller than server.duration ({ca} < {sv})"),
+            );
         }
     }
 }
@@ -546,11 +788,17 @@ pub(super) fn config_map(cm: &ConfigMap, r: &mut Report) {
         return;
     }
     match cm.migration_config() {
-        Err(e) => r.error("data.migrations", format!("is not valid YAML for the migration limits: {e}")),
+        Err(e) => r.error(
+            "data.migrations",
+            format!("is not valid YAML for the migration limits: {e}"),
+        ),
         Ok(m) => migration_config(&m, &P::root("data").field("migrations"), r),
     }
     let gates: BTreeMap<&str, ()> = cm.feature_gates().into_iter().map(|g| (g, ())).collect();
     if cm.data.contains_key("migrations") && !gates.contains_key("LiveMigration") {
-        r.warn("data.feature-gates", "migration limits are set but the LiveMigration feature gate is off");
+        r.warn(
+            "data.feature-gates",
+            "migration limits are set but the LiveMigration feature gate is off",
+        );
     }
 }

@@ -26,7 +26,10 @@ pub(super) fn validate_placement(spec: &VmiSpec, p: &P, r: &mut Report) {
             if let Some(req) = &na.required_during_scheduling_ignored_during_execution {
                 let rp = np.field("requiredDuringSchedulingIgnoredDuringExecution");
                 if req.node_selector_terms.is_empty() {
-                    r.error(rp.field("nodeSelectorTerms"), "at least one term is required");
+                    r.error(
+                        rp.field("nodeSelectorTerms"),
+                        "at least one term is required",
+                    );
                 }
                 for (i, t) in req.node_selector_terms.iter().enumerate() {
                     let tp = rp.field("nodeSelectorTerms").index(i);
@@ -82,7 +85,9 @@ pub(super) fn validate_placement(spec: &VmiSpec, p: &P, r: &mut Report) {
             if !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e.as_str()) {
                 r.error(
                     tp.field("effect"),
-                    format!("unknown effect {e:?}; allowed: NoSchedule, PreferNoSchedule, NoExecute"),
+                    format!(
+                        "unknown effect {e:?}; allowed: NoSchedule, PreferNoSchedule, NoExecute"
+                    ),
                 );
             }
         }
@@ -138,33 +143,51 @@ fn pod_affinity(pa: &PodAffinity, pp: &P, r: &mut Report) {
 
 fn weight(w: i64, p: &P, r: &mut Report) {
     if !(1..=100).contains(&w) {
-        r.error(p.field("weight"), format!("weight {w} is out of range 1..100"));
+        r.error(
+            p.field("weight"),
+            format!("weight {w} is out of range 1..100"),
+        );
     }
 }
 
 fn requirement(e: &NodeSelectorRequirement, p: &P, operators: &[&str], r: &mut Report) {
     if !is_label_key(&e.key) {
-        r.error(p.field("key"), format!("{:?} is not a valid label key", e.key));
+        r.error(
+            p.field("key"),
+            format!("{:?} is not a valid label key", e.key),
+        );
     }
     match e.operator.as_str() {
         "In" | "NotIn" => {
             if e.values.is_empty() {
-                r.error(p.field("values"), format!("operator {} needs at least one value", e.operator));
+                r.error(
+                    p.field("values"),
+                    format!("operator {} needs at least one value", e.operator),
+                );
             }
         }
         "Exists" | "DoesNotExist" => {
             if !e.values.is_empty() {
-                r.error(p.field("values"), format!("operator {} takes no values", e.operator));
+                r.error(
+                    p.field("values"),
+                    format!("operator {} takes no values", e.operator),
+                );
             }
         }
         "Gt" | "Lt" if operators.contains(&e.operator.as_str()) => {
             if e.values.len() != 1 || e.values[0].parse::<i64>().is_err() {
-                r.error(p.field("values"), format!("operator {} needs exactly one integer value", e.operator));
+                r.error(
+                    p.field("values"),
+                    format!("operator {} needs exactly one integer value", e.operator),
+                );
             }
         }
         other => r.error(
             p.field("operator"),
-            format!("unknown operator {other:?}; allowed: {}", operators.join(", ")),
+            format!(
+                "unknown operator {other:?}; allowed: {}",
+                operators.join(", ")
+            ),
         ),
     }
 }

@@ -45,7 +45,10 @@ pub struct Report {
 impl Report {
     /// True when there is no error (warnings allowed).
     pub fn is_valid(&self) -> bool {
-        !self.violations.iter().any(|v| v.severity == Severity::Error)
+        !self
+            .violations
+            .iter()
+            .any(|v| v.severity == Severity::Error)
     }
 
     /// The errors only.

@@ -28,7 +28,8 @@ fn is_name_chars(s: &str, dots: bool) -> bool {
     let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     alnum(b[0])
         && alnum(b[b.len() - 1])
-        && b.iter().all(|&c| alnum(c) || c == b'-' || (dots && c == b'.'))
+        && b.iter()
+            .all(|&c| alnum(c) || c == b'-' || (dots && c == b'.'))
 }
 
 /// Kubernetes label key: `[prefix/]name`, prefix a DNS subdomain, name
@@ -145,8 +146,14 @@ mod tests {
 
     #[test]
     fn macs_uuids_cidrs() {
-        assert_eq!(parse_mac("de:ad:00:00:be:af"), Some([0xde, 0xad, 0, 0, 0xbe, 0xaf]));
-        assert_eq!(parse_mac("DE-AD-00-00-BE-AF"), Some([0xde, 0xad, 0, 0, 0xbe, 0xaf]));
+        assert_eq!(
+            parse_mac("de:ad:00:00:be:af"),
+            Some([0xde, 0xad, 0, 0, 0xbe, 0xaf])
+        );
+        assert_eq!(
+            parse_mac("DE-AD-00-00-BE-AF"),
+            Some([0xde, 0xad, 0, 0, 0xbe, 0xaf])
+        );
         assert_eq!(parse_mac("de:ad:00:00:be"), None);
         assert_eq!(parse_mac("zz:ad:00:00:be:af"), None);
         assert!(is_uuid("5d307ca9-b3ef-428c-8861-06e72d69f223"));

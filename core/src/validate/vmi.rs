@@ -64,7 +64,11 @@ pub fn validate_vmi_spec(
 fn validate_cpu(spec: &VmiSpec, d: &P, r: &mut Report) {
     let Some(cpu) = &spec.domain.cpu else { return };
     let c = d.field("cpu");
-    for (name, v) in [("cores", cpu.cores), ("sockets", cpu.sockets), ("threads", cpu.threads)] {
+    for (name, v) in [
+        ("cores", cpu.cores),
+        ("sockets", cpu.sockets),
+        ("threads", cpu.threads),
+    ] {
         if let Some(v) = v {
             if v < 1 {
                 r.error(c.field(name), format!("must be >= 1, got {v}"));
@@ -77,7 +81,10 @@ fn validate_cpu(spec: &VmiSpec, d: &P, r: &mut Report) {
         if f.name.is_empty() {
             r.error(fp.field("name"), "CPU feature name is required");
         } else if !seen.insert(f.name.as_str()) {
-            r.error(fp.field("name"), format!("duplicate CPU feature {:?}", f.name));
+            r.error(
+                fp.field("name"),
+                format!("duplicate CPU feature {:?}", f.name),
+            );
         }
         if let Some(policy) = &f.policy {
             if policy.is_unknown() {
@@ -114,7 +121,9 @@ fn validate_cpu(spec: &VmiSpec, d: &P, r: &mut Report) {
                 if !q.is_integer() {
                     r.error(
                         d.field("resources").field(name).field("cpu"),
-                        format!("must be a whole number of CPUs with dedicatedCpuPlacement, got {q}"),
+                        format!(
+                            "must be a whole number of CPUs with dedicatedCpuPlacement, got {q}"
+                        ),
                     );
                 }
             }
@@ -153,9 +162,14 @@ fn validate_memory(spec: &VmiSpec, d: &P, r: &mut Report) {
     }
     if let (Some(req), Some(lim)) = (request, limit) {
         if lim < req {
-            r.error(&lim_p, format!("limit {lim} is smaller than the request {req}"));
+            r.error(
+                &lim_p,
+                format!("limit {lim} is smaller than the request {req}"),
+            );
         } else if let Some(gap) = lim.checked_sub(req) {
-            let headroom: Quantity = MEMORY_LIMIT_HEADROOM.parse().unwrap_or(Quantity::from_bytes(104_857_600));
+            let headroom: Quantity = MEMORY_LIMIT_HEADROOM
+                .parse()
+                .unwrap_or(Quantity::from_bytes(104_857_600));
             if gap < headroom {
                 r.error(
                     &lim_p,
@@ -178,11 +192,18 @@ fn validate_memory(spec: &VmiSpec, d: &P, r: &mut Report) {
         if g < req {
             r.warn(
                 &guest_p,
-                format!("guest memory {g} is smaller than the request {req}; the difference is wasted"),
+                format!(
+                    "guest memory {g} is smaller than the request {req}; the difference is wasted"
+                ),
             );
         }
     }
-    let Some(hp) = spec.domain.memory.as_ref().and_then(|m| m.hugepages.as_ref()) else {
+    let Some(hp) = spec
+        .domain
+        .memory
+        .as_ref()
+        .and_then(|m| m.hugepages.as_ref())
+    else {
         return;
     };
     let hp_p = d.field("memory").field("hugepages").field("pageSize");
@@ -196,7 +217,10 @@ fn validate_memory(spec: &VmiSpec, d: &P, r: &mut Report) {
     let two_mi = Quantity::from_bytes(2 << 20);
     let one_gi = Quantity::from_bytes(1 << 30);
     if page != two_mi && page != one_gi {
-        r.error(&hp_p, format!("page size {page} is not supported on x86_64; allowed: 2Mi, 1Gi"));
+        r.error(
+            &hp_p,
+            format!("page size {page} is not supported on x86_64; allowed: 2Mi, 1Gi"),
+        );
         return;
     }
     let (total, total_p) = match (request, guest) {
@@ -205,7 +229,10 @@ fn validate_memory(spec: &VmiSpec, d: &P, r: &mut Report) {
         (None, None) => return,
     };
     if !total.is_multiple_of(&page) {
-        r.error(total_p, format!("memory {total} is not a multiple of the page size {page}"));
+        r.error(
+            total_p,
+            format!("memory {total} is not a multiple of the page size {page}"),
+        );
     }
     if *total <= page {
         r.error(
@@ -262,11 +289,19 @@ fn validate_firmware_and_features(spec: &VmiSpec, d: &P, r: &mut Report) {
             );
         }
     }
-    if let Some(hv) = spec.domain.features.as_ref().and_then(|f| f.hyperv.as_ref()) {
+    if let Some(hv) = spec
+        .domain
+        .features
+        .as_ref()
+        .and_then(|f| f.hyperv.as_ref())
+    {
         if let Some(n) = hv.spinlocks.as_ref().and_then(|s| s.spinlocks) {
             if n < 4096 {
                 r.error(
-                    d.field("features").field("hyperv").field("spinlocks").field("spinlocks"),
+                    d.field("features")
+                        .field("hyperv")
+                        .field("spinlocks")
+                        .field("spinlocks"),
                     format!("must be >= 4096, got {n}"),
                 );
             }
@@ -313,14 +348,20 @@ fn validate_disks<'a>(spec: &'a VmiSpec, p: &P, r: &mut Report) -> HashSet<&'a s
             continue;
         }
         if !seen.insert(disk.name.as_str()) {
-            r.error(dp.field("name"), format!("duplicate disk name {:?}", disk.name));
+            r.error(
+                dp.field("name"),
+                format!("duplicate disk name {:?}", disk.name),
+            );
         }
         if volumes.contains(disk.name.as_str()) {
             used.insert(disk.name.as_str());
         } else {
             r.error(
                 dp.field("name"),
-                format!("disk {:?} has no volume of the same name in volumes[]", disk.name),
+                format!(
+                    "disk {:?} has no volume of the same name in volumes[]",
+                    disk.name
+                ),
             );
         }
     }
@@ -336,10 +377,14 @@ fn validate_disk(disk: &Disk, dp: &P, r: &mut Report) {
             format!("{:?} is not a valid disk name (lower-case alphanumerics, '-' and '.', at most 253, alphanumeric at both ends)", disk.name),
         );
     }
-    let targets = [disk.disk.is_some(), disk.cdrom.is_some(), disk.lun.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
+    let targets = [
+        disk.disk.is_some(),
+        disk.cdrom.is_some(),
+        disk.lun.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
     if targets > 1 {
         r.error(dp, "only one of disk, cdrom and lun may be set");
     }
@@ -348,7 +393,11 @@ fn validate_disk(disk: &Disk, dp: &P, r: &mut Report) {
             if !allowed.contains(&b.as_str()) {
                 r.error(
                     dp.field(field).field("bus"),
-                    format!("unsupported bus {:?} for {field}; allowed: {}", b.as_str(), allowed.join(", ")),
+                    format!(
+                        "unsupported bus {:?} for {field}; allowed: {}",
+                        b.as_str(),
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -357,7 +406,10 @@ fn validate_disk(disk: &Disk, dp: &P, r: &mut Report) {
         check_bus(&t.bus, &["virtio", "sata", "scsi"], "disk", r);
         if let Some(a) = &t.pci_address {
             if !is_pci_address(a) {
-                r.error(dp.field("disk").field("pciAddress"), format!("{a:?} is not a PCI address (DDDD:BB:DD.F)"));
+                r.error(
+                    dp.field("disk").field("pciAddress"),
+                    format!("{a:?} is not a PCI address (DDDD:BB:DD.F)"),
+                );
             }
         }
     }
@@ -369,7 +421,10 @@ fn validate_disk(disk: &Disk, dp: &P, r: &mut Report) {
     }
     if let Some(c) = &disk.cache {
         if !["none", "writethrough", "writeback"].contains(&c.as_str()) {
-            r.error(dp.field("cache"), format!("unknown cache mode {c:?}; allowed: none, writethrough, writeback"));
+            r.error(
+                dp.field("cache"),
+                format!("unknown cache mode {c:?}; allowed: none, writethrough, writeback"),
+            );
         }
     }
 }
@@ -388,7 +443,10 @@ fn validate_volumes(spec: &VmiSpec, p: &P, used: &HashSet<&str>, r: &mut Report)
             );
         }
         if !v.name.is_empty() && !seen.insert(v.name.as_str()) {
-            r.error(vp.field("name"), format!("duplicate volume name {:?}", v.name));
+            r.error(
+                vp.field("name"),
+                format!("duplicate volume name {:?}", v.name),
+            );
         }
         let sources = v.sources();
         match sources.len() {
@@ -398,12 +456,18 @@ fn validate_volumes(spec: &VmiSpec, p: &P, used: &HashSet<&str>, r: &mut Report)
         }
         if let Some(c) = &v.container_disk {
             if c.image.is_empty() {
-                r.error(vp.field("containerDisk").field("image"), "image is required");
+                r.error(
+                    vp.field("containerDisk").field("image"),
+                    "image is required",
+                );
             }
         }
         if let Some(c) = &v.persistent_volume_claim {
             if c.claim_name.is_empty() {
-                r.error(vp.field("persistentVolumeClaim").field("claimName"), "claimName is required");
+                r.error(
+                    vp.field("persistentVolumeClaim").field("claimName"),
+                    "claimName is required",
+                );
             }
         }
         if let Some(c) = &v.data_volume {
@@ -415,7 +479,9 @@ fn validate_volumes(spec: &VmiSpec, p: &P, used: &HashSet<&str>, r: &mut Report)
             match &e.persistent_volume_claim {
                 Some(c) if !c.claim_name.is_empty() => {}
                 _ => r.error(
-                    vp.field("ephemeral").field("persistentVolumeClaim").field("claimName"),
+                    vp.field("ephemeral")
+                        .field("persistentVolumeClaim")
+                        .field("claimName"),
                     "an ephemeral volume must be backed by a PersistentVolumeClaim",
                 ),
             }
@@ -423,8 +489,14 @@ fn validate_volumes(spec: &VmiSpec, p: &P, used: &HashSet<&str>, r: &mut Report)
         if let Some(e) = &v.empty_disk {
             match &e.capacity {
                 Some(c) if !c.is_zero() && !c.is_negative() => {}
-                Some(c) => r.error(vp.field("emptyDisk").field("capacity"), format!("must be greater than 0, got {c}")),
-                None => r.error(vp.field("emptyDisk").field("capacity"), "capacity is required"),
+                Some(c) => r.error(
+                    vp.field("emptyDisk").field("capacity"),
+                    format!("must be greater than 0, got {c}"),
+                ),
+                None => r.error(
+                    vp.field("emptyDisk").field("capacity"),
+                    "capacity is required",
+                ),
             }
         }
         if let Some((field, ci)) = v.cloud_init() {
@@ -437,11 +509,17 @@ fn validate_volumes(spec: &VmiSpec, p: &P, used: &HashSet<&str>, r: &mut Report)
                 );
             }
         } else if !v.name.is_empty() && !used.contains(v.name.as_str()) {
-            r.warn(vp.field("name"), format!("volume {:?} is not used by any disk", v.name));
+            r.warn(
+                vp.field("name"),
+                format!("volume {:?} is not used by any disk", v.name),
+            );
         }
     }
     if cloud_init_count > 1 {
-        r.error(p.field("volumes"), "at most one cloud-init volume is allowed");
+        r.error(
+            p.field("volumes"),
+            "at most one cloud-init volume is allowed",
+        );
     }
 }
 
@@ -456,7 +534,10 @@ fn validate_cloud_init(ci: &crate::spec::vmi::CloudInitSource, cp: &P, r: &mut R
     .filter(|x| **x)
     .count();
     if user_sources > 1 {
-        r.error(cp, "only one of userData, userDataBase64 and userDataSecretRef may be set");
+        r.error(
+            cp,
+            "only one of userData, userDataBase64 and userDataSecretRef may be set",
+        );
     }
     let net_sources = [
         ci.network_data.is_some(),
@@ -467,12 +548,21 @@ fn validate_cloud_init(ci: &crate::spec::vmi::CloudInitSource, cp: &P, r: &mut R
     .filter(|x| **x)
     .count();
     if net_sources > 1 {
-        r.error(cp, "only one of networkData, networkDataBase64 and networkDataSecretRef may be set");
+        r.error(
+            cp,
+            "only one of networkData, networkDataBase64 and networkDataSecretRef may be set",
+        );
     }
     if user_sources == 0 && net_sources == 0 {
-        r.error(cp, "cloud-init needs userData, userDataBase64, userDataSecretRef or network data");
+        r.error(
+            cp,
+            "cloud-init needs userData, userDataBase64, userDataSecretRef or network data",
+        );
     }
-    for (field, text) in [("userData", &ci.user_data), ("networkData", &ci.network_data)] {
+    for (field, text) in [
+        ("userData", &ci.user_data),
+        ("networkData", &ci.network_data),
+    ] {
         if let Some(t) = text {
             if t.len() > CLOUD_INIT_INLINE_LIMIT {
                 r.error(
@@ -482,19 +572,28 @@ fn validate_cloud_init(ci: &crate::spec::vmi::CloudInitSource, cp: &P, r: &mut R
             }
         }
     }
-    for (field, text) in [("userDataBase64", &ci.user_data_base64), ("networkDataBase64", &ci.network_data_base64)] {
+    for (field, text) in [
+        ("userDataBase64", &ci.user_data_base64),
+        ("networkDataBase64", &ci.network_data_base64),
+    ] {
         if let Some(t) = text {
             match base64::engine::general_purpose::STANDARD.decode(t.trim()) {
                 Err(_) => r.error(cp.field(field), "is not valid base64"),
                 Ok(bytes) if bytes.len() > CLOUD_INIT_BASE64_LIMIT => r.error(
                     cp.field(field),
-                    format!("decodes to {} bytes; the limit is {CLOUD_INIT_BASE64_LIMIT}", bytes.len()),
+                    format!(
+                        "decodes to {} bytes; the limit is {CLOUD_INIT_BASE64_LIMIT}",
+                        bytes.len()
+                    ),
                 ),
                 Ok(_) => {}
             }
         }
     }
-    for (field, s) in [("userDataSecretRef", &ci.user_data_secret_ref), ("networkDataSecretRef", &ci.network_data_secret_ref)] {
+    for (field, s) in [
+        ("userDataSecretRef", &ci.user_data_secret_ref),
+        ("networkDataSecretRef", &ci.network_data_secret_ref),
+    ] {
         if let Some(s) = s {
             if s.name.is_empty() {
                 r.error(cp.field(field).field("name"), "secret name is required");
@@ -517,21 +616,35 @@ fn validate_interfaces_and_networks(
         .get(ISTIO_INJECT_ANNOTATION)
         .is_some_and(|v| v == "true");
     for (i, iface) in spec.domain.devices.interfaces.iter().enumerate() {
-        let ip = p.field("domain").field("devices").field("interfaces").index(i);
+        let ip = p
+            .field("domain")
+            .field("devices")
+            .field("interfaces")
+            .index(i);
         if iface.name.is_empty() {
             r.error(ip.field("name"), "interface name is required");
         } else if !iface_names.insert(iface.name.as_str()) {
-            r.error(ip.field("name"), format!("duplicate interface name {:?}", iface.name));
+            r.error(
+                ip.field("name"),
+                format!("duplicate interface name {:?}", iface.name),
+            );
         }
         let bindings = iface.bindings();
         if bindings.len() > 1 {
-            r.error(&ip, format!("only one binding may be set, found {}", bindings.join(", ")));
+            r.error(
+                &ip,
+                format!("only one binding may be set, found {}", bindings.join(", ")),
+            );
         }
         if let Some(m) = &iface.model {
             if m.is_unknown() {
                 r.error(
                     ip.field("model"),
-                    format!("unknown model {:?}; allowed: {}", m.as_str(), crate::spec::vmi::InterfaceModel::ALLOWED.join(", ")),
+                    format!(
+                        "unknown model {:?}; allowed: {}",
+                        m.as_str(),
+                        crate::spec::vmi::InterfaceModel::ALLOWED.join(", ")
+                    ),
                 );
             }
         }
@@ -539,7 +652,10 @@ fn validate_interfaces_and_networks(
         if !iface.name.is_empty() && network.is_none() {
             r.error(
                 ip.field("name"),
-                format!("interface {:?} has no network of the same name in networks[]", iface.name),
+                format!(
+                    "interface {:?} has no network of the same name in networks[]",
+                    iface.name
+                ),
             );
         }
         if let Some(net) = network {
@@ -550,7 +666,10 @@ fn validate_interfaces_and_networks(
                 );
             }
             if iface.sriov.is_some() && net.multus.is_none() {
-                r.error(ip.field("sriov"), "sriov needs a multus network naming a SriovNetwork");
+                r.error(
+                    ip.field("sriov"),
+                    "sriov needs a multus network naming a SriovNetwork",
+                );
             }
         }
         validate_ports(iface, &ip, in_mesh, r);
@@ -558,7 +677,9 @@ fn validate_interfaces_and_networks(
             match parse_mac(mac) {
                 None => r.error(
                     ip.field("macAddress"),
-                    format!("{mac:?} is not a MAC address (six hex octets separated by ':' or '-')"),
+                    format!(
+                        "{mac:?} is not a MAC address (six hex octets separated by ':' or '-')"
+                    ),
                 ),
                 Some(m) if m[0] & 1 == 1 => r.error(
                     ip.field("macAddress"),
@@ -593,7 +714,10 @@ fn validate_interfaces_and_networks(
         }
         if let Some(a) = &iface.pci_address {
             if !is_pci_address(a) {
-                r.error(ip.field("pciAddress"), format!("{a:?} is not a PCI address (DDDD:BB:DD.F)"));
+                r.error(
+                    ip.field("pciAddress"),
+                    format!("{a:?} is not a PCI address (DDDD:BB:DD.F)"),
+                );
             }
         }
     }
@@ -604,7 +728,10 @@ fn validate_interfaces_and_networks(
         if n.name.is_empty() {
             r.error(np.field("name"), "network name is required");
         } else if !net_names.insert(n.name.as_str()) {
-            r.error(np.field("name"), format!("duplicate network name {:?}", n.name));
+            r.error(
+                np.field("name"),
+                format!("duplicate network name {:?}", n.name),
+            );
         }
         match (n.pod.is_some(), n.multus.is_some()) {
             (true, true) => r.error(&np, "only one of pod and multus may be set"),
@@ -615,18 +742,27 @@ fn validate_interfaces_and_networks(
             pod_count += 1;
             if let Some(c) = &pod.vm_network_cidr {
                 if parse_ipv4_cidr(c).is_none() {
-                    r.error(np.field("pod").field("vmNetworkCIDR"), format!("{c:?} is not an IPv4 CIDR"));
+                    r.error(
+                        np.field("pod").field("vmNetworkCIDR"),
+                        format!("{c:?} is not an IPv4 CIDR"),
+                    );
                 }
             }
             if let Some(c) = &pod.vm_ipv6_network_cidr {
                 if parse_ipv6_cidr(c).is_none() {
-                    r.error(np.field("pod").field("vmIPv6NetworkCIDR"), format!("{c:?} is not an IPv6 CIDR"));
+                    r.error(
+                        np.field("pod").field("vmIPv6NetworkCIDR"),
+                        format!("{c:?} is not an IPv6 CIDR"),
+                    );
                 }
             }
         }
         if let Some(m) = &n.multus {
             if m.network_name.is_empty() {
-                r.error(np.field("multus").field("networkName"), "networkName is required");
+                r.error(
+                    np.field("multus").field("networkName"),
+                    "networkName is required",
+                );
             }
         }
         if !n.name.is_empty() && !iface_names.contains(n.name.as_str()) {
@@ -646,7 +782,10 @@ fn validate_ports(iface: &Interface, ip: &P, in_mesh: bool, r: &mut Report) {
     for (j, port) in iface.ports.iter().enumerate() {
         let pp = ip.field("ports").index(j);
         if !(1..=65535).contains(&port.port) {
-            r.error(pp.field("port"), format!("port {} is out of range 1..65535", port.port));
+            r.error(
+                pp.field("port"),
+                format!("port {} is out of range 1..65535", port.port),
+            );
         } else if iface.masquerade.is_some() && RESERVED_MASQUERADE_PORTS.contains(&port.port) {
             r.error(
                 pp.field("port"),
@@ -656,12 +795,18 @@ fn validate_ports(iface: &Interface, ip: &P, in_mesh: bool, r: &mut Report) {
         if in_mesh && ISTIO_PORTS.contains(&port.port) {
             r.error(
                 pp.field("port"),
-                format!("port {} is used by the Istio sidecar ({ISTIO_INJECT_ANNOTATION} is true)", port.port),
+                format!(
+                    "port {} is used by the Istio sidecar ({ISTIO_INJECT_ANNOTATION} is true)",
+                    port.port
+                ),
             );
         }
         if let Some(proto) = &port.protocol {
             if proto != "TCP" && proto != "UDP" {
-                r.error(pp.field("protocol"), format!("protocol {proto:?} is not supported; allowed: TCP, UDP"));
+                r.error(
+                    pp.field("protocol"),
+                    format!("protocol {proto:?} is not supported; allowed: TCP, UDP"),
+                );
             }
         }
         if let Some(n) = &port.name {
@@ -671,7 +816,10 @@ fn validate_ports(iface: &Interface, ip: &P, in_mesh: bool, r: &mut Report) {
         }
     }
     if !iface.ports.is_empty() && iface.masquerade.is_none() {
-        r.error(ip.field("ports"), "ports are only supported with the masquerade binding");
+        r.error(
+            ip.field("ports"),
+            "ports are only supported with the masquerade binding",
+        );
     }
 }
 
@@ -682,28 +830,48 @@ fn validate_boot_order(spec: &VmiSpec, p: &P, r: &mut Report) {
         .disks
         .iter()
         .enumerate()
-        .map(|(i, d)| (p.field("domain").field("devices").field("disks").index(i), d.boot_order))
+        .map(|(i, d)| {
+            (
+                p.field("domain").field("devices").field("disks").index(i),
+                d.boot_order,
+            )
+        })
         .chain(devices.interfaces.iter().enumerate().map(|(i, n)| {
-            (p.field("domain").field("devices").field("interfaces").index(i), n.boot_order)
+            (
+                p.field("domain")
+                    .field("devices")
+                    .field("interfaces")
+                    .index(i),
+                n.boot_order,
+            )
         }));
     let mut with = 0;
     for (dp, order) in entries {
         let Some(order) = order else { continue };
         with += 1;
         if order < 1 {
-            r.error(dp.field("bootOrder"), format!("{dp} must have a boot order > 0, if supplied"));
+            r.error(
+                dp.field("bootOrder"),
+                format!("{dp} must have a boot order > 0, if supplied"),
+            );
             continue;
         }
         if let Some(holder) = holders.get(&order) {
             r.error(
                 dp.field("bootOrder"),
-                format!("Boot order for {dp}.bootOrder already set for a different device ({holder})"),
+                format!(
+                    "Boot order for {dp}.bootOrder already set for a different device ({holder})"
+                ),
             );
         } else {
             holders.insert(order, dp.to_string());
         }
     }
-    let disks_without = devices.disks.iter().filter(|d| d.boot_order.is_none()).count();
+    let disks_without = devices
+        .disks
+        .iter()
+        .filter(|d| d.boot_order.is_none())
+        .count();
     if with > 0 && disks_without > 0 {
         r.warn(
             p.field("domain").field("devices").field("disks"),
@@ -726,14 +894,21 @@ fn validate_devices_misc(spec: &VmiSpec, d: &P, r: &mut Report) {
                     if a.is_unknown() {
                         r.error(
                             wp.field("i6300esb").field("action"),
-                            format!("unknown watchdog action {:?}; allowed: {}", a.as_str(), crate::spec::vmi::WatchdogAction::ALLOWED.join(", ")),
+                            format!(
+                                "unknown watchdog action {:?}; allowed: {}",
+                                a.as_str(),
+                                crate::spec::vmi::WatchdogAction::ALLOWED.join(", ")
+                            ),
                         );
                     }
                 }
             }
         }
     }
-    for (list, field) in [(&spec.domain.devices.host_devices, "hostDevices"), (&spec.domain.devices.gpus, "gpus")] {
+    for (list, field) in [
+        (&spec.domain.devices.host_devices, "hostDevices"),
+        (&spec.domain.devices.gpus, "gpus"),
+    ] {
         let mut names = HashSet::new();
         for (i, h) in list.iter().enumerate() {
             let hp = dev.field(field).index(i);

@@ -64,7 +64,11 @@ fn main() -> ExitCode {
         },
         None => ("<embedded demo spec>".to_string(), DEMO_SPEC.to_string()),
     };
-    let mode = if args.lenient { Mode::Lenient } else { Mode::Strict };
+    let mode = if args.lenient {
+        Mode::Lenient
+    } else {
+        Mode::Strict
+    };
     let (name, spec) = match select_vm(&source, &text, mode, args.name.as_deref()) {
         Ok(v) => v,
         Err(code) => return code,
@@ -75,14 +79,22 @@ fn main() -> ExitCode {
 }
 
 /// Parse, validate (printing every problem), and pick the VM to run.
-fn select_vm(source: &str, text: &str, mode: Mode, want: Option<&str>) -> Result<(String, VmiSpec), ExitCode> {
+fn select_vm(
+    source: &str,
+    text: &str,
+    mode: Mode,
+    want: Option<&str>,
+) -> Result<(String, VmiSpec), ExitCode> {
     let mut candidates = Vec::new();
     let mut invalid = false;
     for res in parse_all(text, mode) {
         let doc = match res {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("{source}: document {}: {}: {}", e.document, e.path, e.message);
+                eprintln!(
+                    "{source}: document {}: {}: {}",
+                    e.document, e.path, e.message
+                );
                 invalid = true;
                 continue;
             }
@@ -113,12 +125,18 @@ fn select_vm(source: &str, text: &str, mode: Mode, want: Option<&str>) -> Result
     match candidates.len() {
         1 => Ok(candidates.remove(0)),
         0 => {
-            eprintln!("{source}: no VirtualMachine or VirtualMachineInstance{} found", want.map(|w| format!(" named {w:?}")).unwrap_or_default());
+            eprintln!(
+                "{source}: no VirtualMachine or VirtualMachineInstance{} found",
+                want.map(|w| format!(" named {w:?}")).unwrap_or_default()
+            );
             Err(ExitCode::from(2))
         }
         _ => {
             let names: Vec<_> = candidates.iter().map(|c| c.0.as_str()).collect();
-            eprintln!("{source}: several VMs ({}); choose one with --name", names.join(", "));
+            eprintln!(
+                "{source}: several VMs ({}); choose one with --name",
+                names.join(", ")
+            );
             Err(ExitCode::from(2))
         }
     }
@@ -189,7 +207,10 @@ fn run(name: &str, spec: &VmiSpec, kind: PayloadKind, timeout: u64) -> ExitCode 
             Ok(None) => {
                 let mut c = [0u8; 8];
                 let _ = vm.read_memory(COUNTER_ADDR, &mut c);
-                eprintln!("{name}: stopping after {timeout} s (guest counter {})", u64::from_le_bytes(c));
+                eprintln!(
+                    "{name}: stopping after {timeout} s (guest counter {})",
+                    u64::from_le_bytes(c)
+                );
                 vm.stop()
             }
             Err(e) => Err(e),

@@ -38,7 +38,11 @@ struct DocResult {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mode = if args.lenient { Mode::Lenient } else { Mode::Strict };
+    let mode = if args.lenient {
+        Mode::Lenient
+    } else {
+        Mode::Strict
+    };
     let mut results = Vec::new();
     let mut unreadable = false;
     for f in &args.files {
