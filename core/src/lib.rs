@@ -37,3 +37,8 @@ pub mod runtime;
 pub mod payload;
 
 pub use quantity::{Quantity, QuantityError, QuantityFormat};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
