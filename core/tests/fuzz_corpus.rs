@@ -1,6 +1,9 @@
 //! Replays the fuzz targets' checked-in seed corpora (and any crashes
 //! committed under fuzz/artifacts) so CI exercises them without a fuzzer.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 fn replay(target: &str, f: fn(&[u8])) {

@@ -1,6 +1,9 @@
 //! The KVM runtime, for real, with tiny assembled guests. Each test skips
 //! (saying why) only where /dev/kvm is absent.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

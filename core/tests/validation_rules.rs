@@ -3,6 +3,9 @@
 //! given text. Also: seed fixtures parse, validate and round-trip; one spec
 //! with many faults reports all of them in one pass.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use serde_json::{json, Value};
 use virtkit_core::document::{parse_all, parse_one, parse_value, Mode};
 use virtkit_core::validate::{validate_document, Report, Severity};

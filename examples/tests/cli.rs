@@ -1,5 +1,8 @@
 //! The reference binaries, run as a user would.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn vms(name: &str) -> String {

@@ -130,6 +130,15 @@ pub enum RuntimeError {
     /// The configuration is unusable.
     #[error("invalid VM configuration: {0}")]
     InvalidConfig(String),
+    /// A host resource (eventfd, signal handler) could not be set up.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being set up.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A vCPU thread could not be started.
     #[error("could not start vCPU thread: {0}")]
     Thread(#[source] std::io::Error),

@@ -164,8 +164,10 @@ impl VmBuilder {
         let ctl = Arc::new(Control::new(usize::from(cfg.vcpus)));
         let c = ctl.clone();
         let request: ExitRequest = Arc::new(move |e| c.request_exit(e));
-        let serial_irq =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| RuntimeError::Thread(e.into()))?;
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| RuntimeError::Host {
+            what: "serial IRQ eventfd",
+            source,
+        })?;
         vm_fd
             .register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD"))?;
