@@ -80,7 +80,7 @@ pub fn print_and_power_off(text: &str) -> Result<Payload, PayloadError> {
     a.out(dx, al)?;
     a.jmp(next)?;
     a.set_label(&mut done)?;
-    power_off16(&mut a)?;
+    power_off(&mut a)?;
     let mut code = a.assemble(0)?;
     if code.len() > usize::from(MSG_OFFSET) {
         return Err(PayloadError(format!(
@@ -95,14 +95,13 @@ pub fn print_and_power_off(text: &str) -> Result<Payload, PayloadError> {
         min_memory: LOAD_ADDR + code.len() as u64 + 0x1000,
         code,
         load_addr: LOAD_ADDR,
-        entry: Entry::Real {
-            cs: (LOAD_ADDR >> 4) as u16,
-            ip: 0,
-        },
+        entry: real_mode_entry(),
     })
 }
 
-fn power_off16(a: &mut CodeAssembler) -> Result<(), PayloadError> {
+/// `mov dx, 0x604; mov ax, SLP_EN; out dx, ax`, then halt forever. The
+/// same instructions work in 16- and 64-bit code.
+fn power_off(a: &mut CodeAssembler) -> Result<(), PayloadError> {
     let mut hang = a.create_label();
     a.mov(dx, 0x604u32)?;
     a.mov(ax, 0x2000u32)?;
@@ -123,10 +122,7 @@ pub fn spin() -> Result<Payload, PayloadError> {
     Ok(Payload {
         code: a.assemble(0)?,
         load_addr: LOAD_ADDR,
-        entry: Entry::Real {
-            cs: (LOAD_ADDR >> 4) as u16,
-            ip: 0,
-        },
+        entry: real_mode_entry(),
         min_memory: LOAD_ADDR + 0x1_0000,
     })
 }
@@ -175,16 +171,16 @@ pub fn touch_pages(
         a.mov(rcx, n)?;
         a.cmp(rax, rcx)?;
         a.jb(top)?;
-        a.mov(dx, 0x604u32)?;
-        a.mov(ax, 0x2000u32)?;
-        a.out(dx, ax)?;
-        let mut hang = a.create_label();
-        a.set_label(&mut hang)?;
-        a.hlt()?;
-        a.jmp(hang)?;
+        power_off(&mut a)?;
     } else {
         a.jmp(top)?;
     }
+    long_mode(&mut a, TOUCH_BASE + u64::from(pages) * 4096)
+}
+
+/// Assemble 64-bit code at [`LOAD_ADDR`], entered with the stack at
+/// [`STACK_TOP`].
+fn long_mode(a: &mut CodeAssembler, min_memory: u64) -> Result<Payload, PayloadError> {
     Ok(Payload {
         code: a.assemble(LOAD_ADDR)?,
         load_addr: LOAD_ADDR,
@@ -192,8 +188,16 @@ pub fn touch_pages(
             rip: LOAD_ADDR,
             rsp: STACK_TOP,
         },
-        min_memory: TOUCH_BASE + u64::from(pages) * 4096,
+        min_memory,
     })
+}
+
+/// The real-mode entry for code at [`LOAD_ADDR`] (CS = LOAD_ADDR / 16).
+fn real_mode_entry() -> Entry {
+    Entry::Real {
+        cs: (LOAD_ADDR >> 4) as u16,
+        ip: 0,
+    }
 }
 
 /// Long mode: load an empty IDT and execute `ud2`, so the #UD cannot be
@@ -205,15 +209,7 @@ pub fn triple_fault() -> Result<Payload, PayloadError> {
     a.ud2()?;
     a.set_label(&mut idtr)?;
     a.db(&[0u8; 10])?;
-    Ok(Payload {
-        code: a.assemble(LOAD_ADDR)?,
-        load_addr: LOAD_ADDR,
-        entry: Entry::Long {
-            rip: LOAD_ADDR,
-            rsp: STACK_TOP,
-        },
-        min_memory: LOAD_ADDR + 0x1000,
-    })
+    long_mode(&mut a, LOAD_ADDR + 0x1000)
 }
 
 #[cfg(feature = "kvm")]

@@ -525,28 +525,23 @@ fn validate_volumes(spec: &VmiSpec, p: &P, used: &HashSet<&str>, r: &mut Report)
 
 fn validate_cloud_init(ci: &crate::spec::vmi::CloudInitSource, cp: &P, r: &mut Report) {
     use base64::Engine as _;
-    let user_sources = [
+    let count = |set: &[bool]| set.iter().filter(|x| **x).count();
+    let user_sources = count(&[
         ci.user_data.is_some(),
         ci.user_data_base64.is_some(),
         ci.user_data_secret_ref.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
+    ]);
     if user_sources > 1 {
         r.error(
             cp,
             "only one of userData, userDataBase64 and userDataSecretRef may be set",
         );
     }
-    let net_sources = [
+    let net_sources = count(&[
         ci.network_data.is_some(),
         ci.network_data_base64.is_some(),
         ci.network_data_secret_ref.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
+    ]);
     if net_sources > 1 {
         r.error(
             cp,
