@@ -300,6 +300,18 @@ fn secure_boot_needs_smm_from_the_host() {
 }
 
 #[test]
+fn missing_kvm_device_is_a_typed_error() {
+    // Needs no KVM: the device node does not exist.
+    let e = VmBuilder::new(config(1, 2))
+        .kvm_device("/nonexistent/kvm")
+        .build()
+        .err()
+        .expect("must fail");
+    assert!(matches!(e, RuntimeError::KvmUnavailable(_)), "{e:?}");
+    assert!(e.to_string().contains("KVM is not available"), "{e}");
+}
+
+#[test]
 fn bad_configs_are_typed_errors() {
     if !kvm_present() {
         return;

@@ -92,6 +92,7 @@ pub struct VmBuilder {
     pio: Vec<(u64, u64, SharedDevice)>,
     mmio: Vec<(u64, u64, SharedDevice)>,
     require_smm: bool,
+    kvm_device: Option<std::path::PathBuf>,
 }
 
 impl VmBuilder {
@@ -103,7 +104,14 @@ impl VmBuilder {
             pio: Vec::new(),
             mmio: Vec::new(),
             require_smm: false,
+            kvm_device: None,
         }
+    }
+
+    /// Open this device node instead of `/dev/kvm`.
+    pub fn kvm_device(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.kvm_device = Some(path.into());
+        self
     }
 
     /// Where COM1's output goes.
@@ -139,7 +147,19 @@ impl VmBuilder {
                 cfg.vcpus
             )));
         }
-        let kvm = Kvm::new().map_err(RuntimeError::KvmUnavailable)?;
+        let kvm = match &self.kvm_device {
+            None => Kvm::new(),
+            Some(path) => {
+                let path =
+                    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+                        RuntimeError::InvalidConfig(format!(
+                            "KVM device path {path:?} holds a NUL byte"
+                        ))
+                    })?;
+                Kvm::new_with_path(&path)
+            }
+        }
+        .map_err(RuntimeError::KvmUnavailable)?;
         if self.require_smm && !kvm.check_extension(Cap::X86Smm) {
             return Err(RuntimeError::MissingCapability {
                 capability: "KVM_CAP_X86_SMM",
