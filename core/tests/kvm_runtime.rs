@@ -300,6 +300,24 @@ fn secure_boot_needs_smm_from_the_host() {
 }
 
 #[test]
+fn cpuid_signature_is_stable_across_vms_on_one_host() {
+    if !kvm_present() {
+        return;
+    }
+    // KVM reports host APIC ids in its CPUID; the signature must ignore them.
+    let sigs: Vec<u64> = (0..6)
+        .map(|_| {
+            VmBuilder::new(config(1, 1))
+                .build()
+                .unwrap()
+                .cpuid_signature()
+        })
+        .collect();
+    assert!(sigs.iter().all(|s| *s == sigs[0]), "{sigs:x?}");
+    assert_ne!(sigs[0], 0);
+}
+
+#[test]
 fn missing_kvm_device_is_a_typed_error() {
     // Needs no KVM: the device node does not exist.
     let e = VmBuilder::new(config(1, 2))

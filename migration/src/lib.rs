@@ -1,5 +1,26 @@
-//! virtkit-migration — Precopy live migration: versioned wire protocol, TCP/unix transports, dirty-page iteration, bandwidth cap, timeouts, cancel.
+//! virtkit-migration: precopy live migration of a virtkit `Vm` to another
+//! process or host.
 //!
-//! **Status: not implemented yet.** This crate exists so the workspace has
-//! its final shape and dependency direction; it exports nothing. The work
-//! is tracked as issue 6; see `docs/SPEC-COVERAGE.md` for what is done.
+//! - [`protocol`]: the versioned wire format (see `DESIGN.md`), and the
+//!   destination's stream parser, which needs no KVM.
+//! - [`transport`]: TCP (bindable to a migration-network address) and unix
+//!   sockets behind [`transport::MigrationStream`].
+//! - [`source::migrate`] / [`destination::receive`] (feature `kvm`): the
+//!   engine.
+//! - [`model`]: options, KubeVirt phases, statistics, errors.
+//! - [`limiter`]: `parallelMigrationsPerCluster` /
+//!   `parallelOutboundMigrationsPerNode` queueing.
+
+pub mod limiter;
+pub mod model;
+pub mod protocol;
+pub mod transport;
+
+#[cfg(feature = "kvm")]
+pub mod destination;
+#[cfg(feature = "kvm")]
+pub mod source;
+
+pub use model::{
+    MigrationError, MigrationOptions, MigrationPhase, MigrationStats, NonConvergencePolicy,
+};

@@ -247,6 +247,7 @@ impl VmBuilder {
         }
         vcpu::install_kick_handler()?;
         let slots = memory.num_regions();
+        let cpuid_signature = cpuid_signature(supported.as_slice());
         Ok(Vm {
             config: cfg,
             _kvm: kvm,
@@ -262,8 +263,31 @@ impl VmBuilder {
             serial,
             dirty_logging: Mutex::new(vec![false; slots]),
             msr_list,
+            cpuid_signature,
         })
     }
+}
+
+fn cpuid_signature(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for e in entries {
+        // KVM fills APIC ids from the host CPU that ran the ioctl; they are
+        // per-vCPU in the guest anyway, so they are not part of the digest.
+        let (mut eax, mut ebx, mut edx) = (e.eax, e.ebx, e.edx);
+        match e.function {
+            1 => ebx &= 0x0000_ffff,
+            0xb | 0x1f => edx = 0,
+            0x8000_001e => eax = 0,
+            _ => {}
+        }
+        for word in [e.function, e.index, e.flags, eax, ebx, e.ecx, edx] {
+            for b in word.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+    }
+    h
 }
 
 fn register_slot(
@@ -351,12 +375,20 @@ pub struct Vm {
     serial: Arc<Mutex<SerialDevice>>,
     dirty_logging: Mutex<Vec<bool>>,
     msr_list: Vec<u32>,
+    cpuid_signature: u64,
 }
 
 impl Vm {
     /// The sizing it was built with.
     pub fn config(&self) -> &VmConfig {
         &self.config
+    }
+
+    /// A stable 64-bit digest (FNV-1a) of the CPUID the guest sees, minus
+    /// the per-vCPU APIC ids: two VMs with equal signatures expose the same
+    /// CPU features, so a guest can move between them.
+    pub fn cpuid_signature(&self) -> u64 {
+        self.cpuid_signature
     }
 
     /// Guest memory (writes through it are dirty-tracked).

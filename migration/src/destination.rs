@@ -1,0 +1,301 @@
+//! The destination side: check the Hello, build a matching VM, verify the
+//! secret, load memory and state, confirm, and resume only on Commit. Any
+//! failure drops the half-built VM: nothing is left behind.
+
+use std::time::{Duration, Instant};
+
+use hmac::Mac;
+use virtkit_core::runtime::{RuntimeError, VcpuState, Vm, VmClockState, VmConfig};
+use zerocopy::little_endian::U64;
+use zerocopy::IntoBytes;
+
+use crate::model::MigrationError;
+use crate::protocol::{
+    self, Frame, Kind, PageSink, ProtocolError, MIN_READABLE_VERSION, PAGE_SIZE, PROTOCOL_VERSION,
+};
+use crate::source::{auth_mac, memory_checksum, unexpected};
+use crate::transport::MigrationStream;
+
+/// What the source asked the destination to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetLayout {
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM bytes.
+    pub memory_bytes: u64,
+    /// RAM ranges `(gpa, len)`.
+    pub ranges: Vec<(u64, u64)>,
+    /// The source's CPUID signature.
+    pub cpuid_signature: u64,
+}
+
+impl TargetLayout {
+    /// A `VmConfig` for a VM of this layout.
+    pub fn vm_config(&self, name: &str) -> VmConfig {
+        VmConfig {
+            name: name.to_string(),
+            vcpus: self.vcpus,
+            memory_bytes: self.memory_bytes,
+        }
+    }
+}
+
+/// Receive-side statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReceiveStats {
+    /// Bytes read.
+    pub bytes_received: u64,
+    /// Pages with bytes.
+    pub pages: u64,
+    /// Zero-page markers.
+    pub zero_pages: u64,
+    /// Passes seen.
+    pub iterations: u32,
+    /// Checksum of RAM before resume (0 if not asked for).
+    pub checksum: u64,
+    /// From Complete to running.
+    pub resume_time: Duration,
+}
+
+/// A guest that arrived and is running.
+pub struct Received {
+    /// The VM, started.
+    pub vm: Vm,
+    /// Numbers.
+    pub stats: ReceiveStats,
+}
+
+struct VmSink<'a> {
+    vm: &'a Vm,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl PageSink for VmSink<'_> {
+    fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
+        self.vm.write_memory(gpa, data).map_err(|e| e.to_string())
+    }
+    fn zero(&mut self, gpa: u64, count: u32) -> Result<(), String> {
+        let zeros = vec![0u8; PAGE_SIZE as usize * count.min(256) as usize];
+        let mut done = 0u64;
+        let total = u64::from(count) * PAGE_SIZE;
+        while done < total {
+            let n = (total - done).min(zeros.len() as u64) as usize;
+            self.vm
+                .write_memory(gpa + done, &zeros[..n])
+                .map_err(|e| e.to_string())?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Counts bytes read, for the statistics.
+struct Counting<'a> {
+    inner: &'a mut dyn MigrationStream,
+    n: u64,
+}
+impl std::io::Read for Counting<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+fn reject(stream: &mut dyn MigrationStream, reason: String) -> MigrationError {
+    let _ = protocol::write_frame(stream, Kind::Reject, &[reason.as_bytes()]);
+    let _ = stream.flush();
+    MigrationError::Rejected(reason)
+}
+
+/// Receive a migration on `stream`. `build` makes the VM once the Hello
+/// has been checked; it must have the layout asked for (the VM is checked
+/// against it). On success the guest runs on the returned VM.
+pub fn receive(
+    mut stream: Box<dyn MigrationStream>,
+    secret: &[u8],
+    build: impl FnOnce(&TargetLayout) -> Result<Vm, RuntimeError>,
+) -> Result<Received, MigrationError> {
+    let result = receive_inner(&mut *stream, secret, build);
+    if let Err(e) = &result {
+        log::warn!("incoming migration failed: {e}");
+        let _ = stream.shutdown();
+    }
+    result
+}
+
+fn receive_inner(
+    stream: &mut dyn MigrationStream,
+    secret: &[u8],
+    build: impl FnOnce(&TargetLayout) -> Result<Vm, RuntimeError>,
+) -> Result<Received, MigrationError> {
+    let mut stats = ReceiveStats::default();
+    let mut rd = Counting {
+        inner: stream,
+        n: 0,
+    };
+    let read = |rd: &mut Counting<'_>| -> Result<Frame, MigrationError> {
+        match protocol::read_frame(rd) {
+            Ok(Frame::Cancel(r)) => Err(MigrationError::PeerCancelled(r)),
+            Ok(f) => Ok(f),
+            Err(ProtocolError::Io(e)) => Err(MigrationError::Connection(e)),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let (layout, hello_raw) = match read(&mut rd)? {
+        Frame::Hello {
+            version,
+            vcpus,
+            memory_bytes,
+            cpuid_hash,
+            ranges,
+            raw,
+        } => {
+            if !(MIN_READABLE_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                return Err(reject(
+                    rd.inner,
+                    format!("stream version {version} is not readable here (this build reads {MIN_READABLE_VERSION}..={PROTOCOL_VERSION})"),
+                ));
+            }
+            let Some(vcpus) = u8::try_from(vcpus).ok().filter(|v| *v >= 1) else {
+                return Err(reject(rd.inner, format!("{vcpus} vCPUs is not supported")));
+            };
+            (
+                TargetLayout {
+                    vcpus,
+                    memory_bytes,
+                    ranges,
+                    cpuid_signature: cpuid_hash,
+                },
+                raw,
+            )
+        }
+        f => return Err(unexpected("Hello", &f)),
+    };
+    // Authenticate before building anything.
+    let mut nonce = [0u8; 32];
+    getrandom::getrandom(&mut nonce).map_err(|e| {
+        MigrationError::Connection(std::io::Error::other(format!(
+            "no randomness for the nonce: {e}"
+        )))
+    })?;
+    protocol::write_frame(rd.inner, Kind::Challenge, &[&nonce])
+        .map_err(MigrationError::Connection)?;
+    match read(&mut rd)? {
+        Frame::Auth(tag) => {
+            if auth_mac(secret, &nonce, &hello_raw)
+                .verify_slice(&tag)
+                .is_err()
+            {
+                return Err(reject(
+                    rd.inner,
+                    "authentication failed: the secrets differ".into(),
+                ));
+            }
+        }
+        f => return Err(unexpected("Auth", &f)),
+    }
+    let vm = match build(&layout) {
+        Ok(vm) => vm,
+        Err(e) => return Err(reject(rd.inner, format!("target cannot build the VM: {e}"))),
+    };
+    let ours: Vec<(u64, u64)> = vm
+        .ram_ranges()
+        .iter()
+        .map(|r| (r.guest_addr, r.len))
+        .collect();
+    if ours != layout.ranges || u64::from(vm.config().vcpus) != u64::from(layout.vcpus) {
+        return Err(reject(
+            rd.inner,
+            format!(
+                "layout mismatch: source has {} vCPUs and RAM {:x?}, target {} and {:x?}",
+                layout.vcpus,
+                layout.ranges,
+                vm.config().vcpus,
+                ours
+            ),
+        ));
+    }
+    if layout.cpuid_signature != 0 && layout.cpuid_signature != vm.cpuid_signature() {
+        return Err(reject(
+            rd.inner,
+            "CPU features differ between source and target (CPUID signatures do not match)".into(),
+        ));
+    }
+    protocol::write_frame(rd.inner, Kind::Accept, &[]).map_err(MigrationError::Connection)?;
+    rd.inner.flush().map_err(MigrationError::Connection)?;
+
+    let mut sink = VmSink {
+        vm: &vm,
+        ranges: ours,
+    };
+    let mut vcpus = Vec::new();
+    let mut clock = None;
+    let source_sum = loop {
+        let f = read(&mut rd)?;
+        if protocol::apply_memory_frame(&f, &mut sink)? {
+            match f {
+                Frame::Pages { data, .. } => stats.pages += data.len() as u64 / PAGE_SIZE,
+                Frame::ZeroPages { count, .. } => stats.zero_pages += u64::from(count),
+                _ => {}
+            }
+            continue;
+        }
+        match f {
+            Frame::IterationDone { .. } => stats.iterations += 1,
+            Frame::VcpuState(bytes) => {
+                if vcpus.len() >= usize::from(layout.vcpus) {
+                    return Err(unexpected("Complete", &Frame::VcpuState(Vec::new())));
+                }
+                vcpus.push(VcpuState::from_bytes(&bytes).map_err(RuntimeError::from)?);
+            }
+            Frame::Clock(bytes) => {
+                clock = Some(VmClockState::from_bytes(&bytes).map_err(RuntimeError::from)?)
+            }
+            Frame::Complete { checksum } => break checksum,
+            other => return Err(unexpected("memory, state or Complete", &other)),
+        }
+    };
+    let t0 = Instant::now();
+    if vcpus.len() != usize::from(layout.vcpus) {
+        return Err(MigrationError::Protocol(ProtocolError::Malformed(format!(
+            "{} vCPU states for {} vCPUs",
+            vcpus.len(),
+            layout.vcpus
+        ))));
+    }
+    vm.restore_vcpus(&vcpus)?;
+    if let Some(c) = &clock {
+        vm.restore_clock(c)?;
+    }
+    stats.checksum = if source_sum != 0 {
+        memory_checksum(&vm)?
+    } else {
+        0
+    };
+    if source_sum != 0 && stats.checksum != source_sum {
+        let e = MigrationError::ChecksumMismatch {
+            source_sum,
+            target: stats.checksum,
+        };
+        let _ = protocol::write_frame(rd.inner, Kind::Cancel, &[e.to_string().as_bytes()]);
+        return Err(e);
+    }
+    let confirm = protocol::Checksum {
+        xxh3: U64::new(stats.checksum),
+    };
+    protocol::write_frame(rd.inner, Kind::Confirm, &[confirm.as_bytes()])
+        .map_err(MigrationError::Connection)?;
+    rd.inner.flush().map_err(MigrationError::Connection)?;
+    match read(&mut rd)? {
+        Frame::Commit => {}
+        f => return Err(unexpected("Commit", &f)),
+    }
+    vm.start()?;
+    stats.resume_time = t0.elapsed();
+    stats.bytes_received = rd.n;
+    Ok(Received { vm, stats })
+}

@@ -1,0 +1,225 @@
+//! The VirtualMachineInstanceMigration model: options, phases as KubeVirt
+//! reports them, statistics and errors.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use virtkit_core::spec::cluster::EffectiveMigrationConfig;
+use virtkit_core::spec::vm::MigrationState;
+
+/// What to do when the guest dirties memory faster than the link drains it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum NonConvergencePolicy {
+    /// Give up with [`MigrationError::NotConverging`]; the source runs on.
+    Abort,
+    /// Pause anyway and send what is left: the migration completes, with a
+    /// downtime above the target.
+    ForceSwitchover,
+}
+
+/// Tunables of one migration.
+#[derive(Debug, Clone)]
+pub struct MigrationOptions {
+    /// Bytes per second; 0 = unlimited (`bandwidthPerMigration`).
+    pub bandwidth_bytes_per_sec: u64,
+    /// Pause when the rest can be sent within this.
+    pub max_downtime: Duration,
+    /// Seconds per GiB of guest memory before cancel (`completionTimeoutPerGiB`).
+    pub completion_timeout_per_gib: u64,
+    /// Cancel when the remaining data has not shrunk for this long.
+    pub progress_timeout: Duration,
+    /// Precopy passes before the non-convergence policy applies.
+    pub max_iterations: u32,
+    /// See [`NonConvergencePolicy`].
+    pub on_non_convergence: NonConvergencePolicy,
+    /// Shared secret; both sides must hold the same bytes.
+    pub secret: Vec<u8>,
+    /// Hash all guest RAM at the pause and compare on the destination
+    /// (costs downtime: about 50 ms per GiB).
+    pub verify_checksum: bool,
+}
+
+impl MigrationOptions {
+    /// Options from cluster limits (`liveMigrationConfig` or
+    /// `kubevirt-config`), with a 100 ms downtime target.
+    pub fn from_config(c: &EffectiveMigrationConfig, secret: Vec<u8>) -> Self {
+        MigrationOptions {
+            bandwidth_bytes_per_sec: c.bandwidth_bytes_per_sec,
+            max_downtime: Duration::from_millis(100),
+            completion_timeout_per_gib: c.completion_timeout_per_gib,
+            progress_timeout: Duration::from_secs(c.progress_timeout),
+            max_iterations: 30,
+            on_non_convergence: NonConvergencePolicy::Abort,
+            secret,
+            verify_checksum: false,
+        }
+    }
+}
+
+impl Default for MigrationOptions {
+    /// KubeVirt's defaults (64Mi/s, 800 s/GiB, 150 s), no secret.
+    fn default() -> Self {
+        let cfg = virtkit_core::spec::cluster::MigrationConfig::default().effective();
+        match cfg {
+            Some(c) => Self::from_config(&c, Vec::new()),
+            None => MigrationOptions {
+                bandwidth_bytes_per_sec: 64 << 20,
+                max_downtime: Duration::from_millis(100),
+                completion_timeout_per_gib: 800,
+                progress_timeout: Duration::from_secs(150),
+                max_iterations: 30,
+                on_non_convergence: NonConvergencePolicy::Abort,
+                secret: Vec::new(),
+                verify_checksum: false,
+            },
+        }
+    }
+}
+
+/// VirtualMachineInstanceMigration phases, as KubeVirt reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum MigrationPhase {
+    /// Created, waiting for a limiter slot.
+    Pending,
+    /// Connecting to the target.
+    Scheduling,
+    /// Connected.
+    Scheduled,
+    /// Handshake: target checking version, layout and secret.
+    PreparingTarget,
+    /// Target accepted.
+    TargetReady,
+    /// Memory being copied.
+    Running,
+    /// Guest resumed on the target.
+    Succeeded,
+    /// Ended without moving the guest; the source runs on.
+    Failed,
+}
+
+/// Where the downtime went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Downtime {
+    /// Stopping the vCPUs.
+    pub pause: Duration,
+    /// The final memory pass.
+    pub final_copy: Duration,
+    /// vCPU and clock state, checksum, and the target's confirm.
+    pub state_transfer: Duration,
+    /// From pause to the commit.
+    pub total: Duration,
+}
+
+/// Statistics of one migration (source side).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MigrationStats {
+    /// Bytes written to the connection.
+    pub bytes_sent: u64,
+    /// Pages sent with their bytes.
+    pub pages_sent: u64,
+    /// Pages sent as zero markers.
+    pub zero_pages: u64,
+    /// Precopy passes, including the final one.
+    pub iterations: u32,
+    /// Pages dirtied per second in the last pass.
+    pub dirty_rate_pages_per_sec: f64,
+    /// Measured throughput, bytes per second.
+    pub bandwidth_bytes_per_sec: f64,
+    /// Wall time from start to end.
+    pub total_time: Duration,
+    /// Downtime split.
+    pub downtime: Downtime,
+    /// Guest RAM hash at the pause, if computed.
+    pub checksum: Option<u64>,
+}
+
+/// A finished migration, as the VMI status would show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationRecord {
+    /// Migration UID.
+    pub uid: String,
+    /// Final phase.
+    pub phase: MigrationPhase,
+    /// RFC 3339.
+    pub start_timestamp: String,
+    /// RFC 3339.
+    pub end_timestamp: String,
+    /// Why it failed.
+    pub failure: Option<String>,
+    /// Numbers.
+    pub stats: MigrationStats,
+    /// `host:port` of the target.
+    pub target_address: String,
+}
+
+impl MigrationRecord {
+    /// The VMI `status.migrationState` for this migration.
+    pub fn migration_state(&self) -> MigrationState {
+        MigrationState {
+            completed: Some(self.phase == MigrationPhase::Succeeded),
+            failed: Some(self.phase == MigrationPhase::Failed),
+            start_timestamp: Some(self.start_timestamp.clone()),
+            end_timestamp: Some(self.end_timestamp.clone()),
+            migration_uid: Some(self.uid.clone()),
+            target_node_address: Some(self.target_address.clone()),
+            ..MigrationState::default()
+        }
+    }
+}
+
+/// RFC 3339 time, seconds precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Why a migration failed. In every case the source VM is running again
+/// and the target discarded what it received.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Connection(#[source] std::io::Error),
+    /// The peer sent something invalid.
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::ProtocolError),
+    /// The target refused (version, layout, secret).
+    #[error("target refused the migration: {0}")]
+    Rejected(String),
+    /// The peer cancelled.
+    #[error("peer cancelled: {0}")]
+    PeerCancelled(String),
+    /// Cancelled through the handle.
+    #[error("cancelled")]
+    Cancelled,
+    /// `progressTimeout` passed without the remaining data shrinking.
+    #[error("no progress for {0:?} (progressTimeout)")]
+    ProgressTimeout(Duration),
+    /// `completionTimeoutPerGiB` × GiB passed.
+    #[error("not completed within {0:?} (completionTimeoutPerGiB)")]
+    CompletionTimeout(Duration),
+    /// The guest dirties memory faster than the link drains it.
+    #[error("not converging: {dirty_pages} pages still dirty after {iterations} passes at {bandwidth_mib_s:.1} MiB/s")]
+    NotConverging {
+        /// Passes made.
+        iterations: u32,
+        /// Pages left.
+        dirty_pages: u64,
+        /// Measured bandwidth.
+        bandwidth_mib_s: f64,
+    },
+    /// Memory checksums differ.
+    #[error("memory checksum mismatch: source {source_sum:#x}, target {target:#x}")]
+    ChecksumMismatch {
+        /// Source hash.
+        source_sum: u64,
+        /// Target hash.
+        target: u64,
+    },
+    /// The VM could not be paused, saved, restored or resumed.
+    #[cfg(feature = "kvm")]
+    #[error("VM: {0}")]
+    Vm(#[from] virtkit_core::runtime::RuntimeError),
+    /// The VM was not in a state that can migrate.
+    #[error("{0}")]
+    Precondition(String),
+}

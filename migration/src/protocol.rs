@@ -1,0 +1,706 @@
+//! The migration wire protocol, version 1.
+//!
+//! Every message is a frame: a 16-byte little-endian [`FrameHeader`]
+//! (`tag` 0x4B56 "VK", `kind`, reserved, payload `len`) followed by `len`
+//! payload bytes. Payload layouts are zerocopy structs with little-endian
+//! fields. The reader validates every length against the kind before it
+//! allocates or reads, so a hostile stream can make it fail but never make
+//! it allocate without bound or write outside guest RAM.
+//!
+//! Conversation:
+//! ```text
+//! source                          destination
+//!   Hello(version, layout) ─────────▶ checks version and layout
+//!                    ◀───────────── Challenge(nonce)
+//!   Auth(HMAC(secret, nonce‖hello)) ▶ verifies (constant time)
+//!                    ◀───────────── Accept | Reject(reason)
+//!   Pages / ZeroPages / IterationDone … (precopy passes)
+//!   VcpuState × n, Clock, Complete(checksum)
+//!                    ◀───────────── Confirm(checksum)   (state loaded)
+//!   Commit ─────────────────────────▶ resumes the guest
+//! ```
+//! Either side may send `Cancel(reason)` at any point before `Commit`.
+//!
+//! Compatibility rule: a release reads streams of its own version and of
+//! the previous one (`MIN_READABLE_VERSION..=PROTOCOL_VERSION`).
+
+use std::io::{Read, Write};
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The version this build writes.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest version this build reads.
+pub const MIN_READABLE_VERSION: u32 = 1;
+/// `"VK"` in every frame header.
+pub const FRAME_TAG: u16 = 0x4b56;
+/// Magic at the start of a Hello.
+pub const HELLO_MAGIC: [u8; 8] = *b"VKMIGRT\0";
+/// Guest page size on the wire.
+pub const PAGE_SIZE: u64 = 4096;
+/// Most pages one Pages frame carries (4 MiB).
+pub const MAX_PAGES_PER_FRAME: u32 = 1024;
+/// Most RAM ranges a Hello may describe.
+pub const MAX_RANGES: u32 = 64;
+/// Longest reason text.
+pub const MAX_TEXT: u64 = 4096;
+/// Longest opaque state blob (vCPU or clock state).
+pub const MAX_STATE: u64 = 1 << 20;
+
+/// Frame kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Kind {
+    /// Source → destination: version and VM layout.
+    Hello = 1,
+    /// Destination → source: a nonce to authenticate.
+    Challenge = 2,
+    /// Source → destination: HMAC over the nonce and Hello.
+    Auth = 3,
+    /// Destination → source: go ahead.
+    Accept = 4,
+    /// Destination → source: refused, with a reason.
+    Reject = 5,
+    /// Guest pages with their bytes.
+    Pages = 6,
+    /// A run of all-zero pages (no bytes follow).
+    ZeroPages = 7,
+    /// End of one precopy pass.
+    IterationDone = 8,
+    /// One vCPU's saved state.
+    VcpuState = 9,
+    /// The VM clock.
+    Clock = 10,
+    /// Source → destination: everything sent.
+    Complete = 11,
+    /// Destination → source: state loaded, ready to resume.
+    Confirm = 12,
+    /// Source → destination: the source has let go; resume.
+    Commit = 13,
+    /// Either way: abandon the migration.
+    Cancel = 14,
+}
+
+impl Kind {
+    fn from_u16(v: u16) -> Option<Kind> {
+        use Kind::*;
+        Some(match v {
+            1 => Hello,
+            2 => Challenge,
+            3 => Auth,
+            4 => Accept,
+            5 => Reject,
+            6 => Pages,
+            7 => ZeroPages,
+            8 => IterationDone,
+            9 => VcpuState,
+            10 => Clock,
+            11 => Complete,
+            12 => Confirm,
+            13 => Commit,
+            14 => Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// Every frame starts with this.
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct FrameHeader {
+    /// [`FRAME_TAG`].
+    pub tag: U16,
+    /// A [`Kind`].
+    pub kind: U16,
+    /// Zero.
+    pub reserved: U32,
+    /// Payload bytes that follow.
+    pub len: U64,
+}
+
+/// Hello payload (followed by `range_count` [`WireRange`]s).
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Hello {
+    /// [`HELLO_MAGIC`].
+    pub magic: [u8; 8],
+    /// Stream version.
+    pub version: U32,
+    /// vCPU count.
+    pub vcpus: U32,
+    /// Guest RAM bytes.
+    pub memory_bytes: U64,
+    /// Hash of the CPUID the guest sees (0 = not checked).
+    pub cpuid_hash: U64,
+    /// RAM ranges that follow.
+    pub range_count: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// One guest RAM range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct WireRange {
+    /// Guest-physical start.
+    pub gpa: U64,
+    /// Length in bytes.
+    pub len: U64,
+}
+
+/// Pages / ZeroPages payload header.
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct PagesHeader {
+    /// Guest-physical address of the first page.
+    pub gpa: U64,
+    /// Pages in the run.
+    pub count: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// IterationDone payload.
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct IterationDone {
+    /// Pass number, from 0.
+    pub iteration: U32,
+    /// Zero.
+    pub reserved: U32,
+    /// Pages sent in the pass.
+    pub pages: U64,
+}
+
+/// Complete / Confirm payload.
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct Checksum {
+    /// xxh3 of all guest RAM at the pause (0 = not computed).
+    pub xxh3: U64,
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Version and layout.
+    Hello {
+        /// Stream version.
+        version: u32,
+        /// vCPU count.
+        vcpus: u32,
+        /// Guest RAM bytes.
+        memory_bytes: u64,
+        /// CPUID hash (0 = unchecked).
+        cpuid_hash: u64,
+        /// RAM ranges.
+        ranges: Vec<(u64, u64)>,
+        /// The raw payload (authenticated by Auth).
+        raw: Vec<u8>,
+    },
+    /// Nonce.
+    Challenge([u8; 32]),
+    /// HMAC-SHA256.
+    Auth([u8; 32]),
+    /// Accepted.
+    Accept,
+    /// Refused.
+    Reject(String),
+    /// Pages with bytes (`data.len() == count * 4096`).
+    Pages {
+        /// First page's address.
+        gpa: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A run of zero pages.
+    ZeroPages {
+        /// First page's address.
+        gpa: u64,
+        /// Pages in the run.
+        count: u32,
+    },
+    /// End of a pass.
+    IterationDone {
+        /// Pass number.
+        iteration: u32,
+        /// Pages in the pass.
+        pages: u64,
+    },
+    /// A vCPU state blob.
+    VcpuState(Vec<u8>),
+    /// The clock blob.
+    Clock(Vec<u8>),
+    /// All sent.
+    Complete {
+        /// Source checksum (0 = none).
+        checksum: u64,
+    },
+    /// Ready to resume.
+    Confirm {
+        /// Destination checksum (0 = none).
+        checksum: u64,
+    },
+    /// Resume.
+    Commit,
+    /// Abandon.
+    Cancel(String),
+}
+
+/// A malformed stream or an I/O failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The connection failed or closed.
+    #[error("migration stream I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes do not form a valid frame.
+    #[error("malformed migration stream: {0}")]
+    Malformed(String),
+}
+
+fn malformed(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError::Malformed(msg.into())
+}
+
+/// Write one frame.
+pub fn write_frame(w: &mut dyn Write, kind: Kind, parts: &[&[u8]]) -> std::io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let header = FrameHeader {
+        tag: U16::new(FRAME_TAG),
+        kind: U16::new(kind as u16),
+        reserved: U32::new(0),
+        len: U64::new(len as u64),
+    };
+    w.write_all(header.as_bytes())?;
+    for p in parts {
+        w.write_all(p)?;
+    }
+    Ok(())
+}
+
+/// Build a Hello frame's payload.
+pub fn hello_payload(
+    vcpus: u32,
+    memory_bytes: u64,
+    cpuid_hash: u64,
+    ranges: &[(u64, u64)],
+) -> Vec<u8> {
+    let h = Hello {
+        magic: HELLO_MAGIC,
+        version: U32::new(PROTOCOL_VERSION),
+        vcpus: U32::new(vcpus),
+        memory_bytes: U64::new(memory_bytes),
+        cpuid_hash: U64::new(cpuid_hash),
+        range_count: U32::new(ranges.len() as u32),
+        reserved: U32::new(0),
+    };
+    let mut v = h.as_bytes().to_vec();
+    for &(gpa, len) in ranges {
+        v.extend_from_slice(
+            WireRange {
+                gpa: U64::new(gpa),
+                len: U64::new(len),
+            }
+            .as_bytes(),
+        );
+    }
+    v
+}
+
+fn read_exact_vec(r: &mut dyn Read, len: u64) -> Result<Vec<u8>, ProtocolError> {
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn fixed<T: FromBytes>(payload: &[u8], what: &str) -> Result<T, ProtocolError> {
+    T::read_from_bytes(payload).map_err(|_| {
+        malformed(format!(
+            "{what} payload is {} bytes, expected {}",
+            payload.len(),
+            std::mem::size_of::<T>()
+        ))
+    })
+}
+
+/// Read and validate one frame. Lengths are checked against the kind
+/// before any payload is read.
+pub fn read_frame(r: &mut dyn Read) -> Result<Frame, ProtocolError> {
+    let mut hb = [0u8; std::mem::size_of::<FrameHeader>()];
+    r.read_exact(&mut hb)?;
+    let h: FrameHeader = fixed(&hb, "frame header")?;
+    if h.tag.get() != FRAME_TAG {
+        return Err(malformed(format!("bad frame tag {:#06x}", h.tag.get())));
+    }
+    let kind = Kind::from_u16(h.kind.get())
+        .ok_or_else(|| malformed(format!("unknown frame kind {}", h.kind.get())))?;
+    let len = h.len.get();
+    let max = match kind {
+        Kind::Hello => {
+            (std::mem::size_of::<Hello>() + MAX_RANGES as usize * std::mem::size_of::<WireRange>())
+                as u64
+        }
+        Kind::Challenge | Kind::Auth => 32,
+        Kind::Accept | Kind::Commit => 0,
+        Kind::Reject | Kind::Cancel => MAX_TEXT,
+        Kind::Pages => {
+            std::mem::size_of::<PagesHeader>() as u64 + u64::from(MAX_PAGES_PER_FRAME) * PAGE_SIZE
+        }
+        Kind::ZeroPages => std::mem::size_of::<PagesHeader>() as u64,
+        Kind::IterationDone => std::mem::size_of::<IterationDone>() as u64,
+        Kind::VcpuState | Kind::Clock => MAX_STATE,
+        Kind::Complete | Kind::Confirm => std::mem::size_of::<Checksum>() as u64,
+    };
+    if len > max {
+        return Err(malformed(format!(
+            "{kind:?} frame of {len} bytes exceeds {max}"
+        )));
+    }
+    let payload = read_exact_vec(r, len)?;
+    Ok(match kind {
+        Kind::Hello => {
+            let n = std::mem::size_of::<Hello>();
+            if payload.len() < n {
+                return Err(malformed("Hello payload too short"));
+            }
+            let hello: Hello = fixed(&payload[..n], "Hello")?;
+            if hello.magic != HELLO_MAGIC {
+                return Err(malformed(
+                    "Hello has the wrong magic: not a virtkit migration stream",
+                ));
+            }
+            let count = hello.range_count.get();
+            let rest = &payload[n..];
+            if count > MAX_RANGES || rest.len() != count as usize * std::mem::size_of::<WireRange>()
+            {
+                return Err(malformed(format!(
+                    "Hello declares {count} ranges but carries {} bytes of them",
+                    rest.len()
+                )));
+            }
+            let ranges = rest
+                .chunks_exact(std::mem::size_of::<WireRange>())
+                .map(|c| fixed::<WireRange>(c, "range").map(|w| (w.gpa.get(), w.len.get())))
+                .collect::<Result<Vec<_>, _>>()?;
+            Frame::Hello {
+                version: hello.version.get(),
+                vcpus: hello.vcpus.get(),
+                memory_bytes: hello.memory_bytes.get(),
+                cpuid_hash: hello.cpuid_hash.get(),
+                ranges,
+                raw: payload,
+            }
+        }
+        Kind::Challenge => Frame::Challenge(fixed(&payload, "Challenge")?),
+        Kind::Auth => Frame::Auth(fixed(&payload, "Auth")?),
+        Kind::Accept => Frame::Accept,
+        Kind::Commit => Frame::Commit,
+        Kind::Reject => Frame::Reject(String::from_utf8_lossy(&payload).into_owned()),
+        Kind::Cancel => Frame::Cancel(String::from_utf8_lossy(&payload).into_owned()),
+        Kind::Pages => {
+            let n = std::mem::size_of::<PagesHeader>();
+            if payload.len() < n {
+                return Err(malformed("Pages payload too short"));
+            }
+            let ph: PagesHeader = fixed(&payload[..n], "Pages")?;
+            let count = ph.count.get();
+            if count == 0 || count > MAX_PAGES_PER_FRAME {
+                return Err(malformed(format!("Pages frame with {count} pages")));
+            }
+            if (payload.len() - n) as u64 != u64::from(count) * PAGE_SIZE {
+                return Err(malformed(format!(
+                    "Pages frame declares {count} pages but carries {} bytes",
+                    payload.len() - n
+                )));
+            }
+            let mut data = payload;
+            data.drain(..n);
+            Frame::Pages {
+                gpa: ph.gpa.get(),
+                data,
+            }
+        }
+        Kind::ZeroPages => {
+            let ph: PagesHeader = fixed(&payload, "ZeroPages")?;
+            if ph.count.get() == 0 {
+                return Err(malformed("ZeroPages frame with 0 pages"));
+            }
+            Frame::ZeroPages {
+                gpa: ph.gpa.get(),
+                count: ph.count.get(),
+            }
+        }
+        Kind::IterationDone => {
+            let d: IterationDone = fixed(&payload, "IterationDone")?;
+            Frame::IterationDone {
+                iteration: d.iteration.get(),
+                pages: d.pages.get(),
+            }
+        }
+        Kind::VcpuState => Frame::VcpuState(payload),
+        Kind::Clock => Frame::Clock(payload),
+        Kind::Complete => Frame::Complete {
+            checksum: fixed::<Checksum>(&payload, "Complete")?.xxh3.get(),
+        },
+        Kind::Confirm => Frame::Confirm {
+            checksum: fixed::<Checksum>(&payload, "Confirm")?.xxh3.get(),
+        },
+    })
+}
+
+/// Where the destination puts incoming pages. The KVM engine implements it
+/// over a `Vm`; the fuzz target over a plain buffer.
+pub trait PageSink {
+    /// The guest RAM ranges `(gpa, len)`.
+    fn ranges(&self) -> &[(u64, u64)];
+    /// Store `data` (a whole number of pages) at `gpa`, already checked to
+    /// lie inside one range.
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String>;
+    /// Zero `count` pages at `gpa`, already checked.
+    fn zero(&mut self, gpa: u64, count: u32) -> Result<(), String>;
+}
+
+/// Check that `[gpa, gpa + count pages)` is page-aligned and inside one
+/// RAM range.
+pub fn check_pages(ranges: &[(u64, u64)], gpa: u64, count: u32) -> Result<(), ProtocolError> {
+    let len = u64::from(count)
+        .checked_mul(PAGE_SIZE)
+        .ok_or_else(|| malformed("page count overflows"))?;
+    let end = gpa
+        .checked_add(len)
+        .ok_or_else(|| malformed("page run overflows the address space"))?;
+    if gpa % PAGE_SIZE != 0 {
+        return Err(malformed(format!(
+            "page address {gpa:#x} is not page-aligned"
+        )));
+    }
+    if ranges
+        .iter()
+        .any(|&(s, l)| gpa >= s && end <= s.saturating_add(l))
+    {
+        Ok(())
+    } else {
+        Err(malformed(format!(
+            "pages {gpa:#x}..{end:#x} lie outside guest RAM"
+        )))
+    }
+}
+
+/// Apply a memory frame to a sink after validating it. Returns false for
+/// frames that are not memory frames.
+pub fn apply_memory_frame(frame: &Frame, sink: &mut dyn PageSink) -> Result<bool, ProtocolError> {
+    match frame {
+        Frame::Pages { gpa, data } => {
+            let count = (data.len() as u64 / PAGE_SIZE) as u32;
+            check_pages(sink.ranges(), *gpa, count)?;
+            sink.write(*gpa, data).map_err(malformed)?;
+            Ok(true)
+        }
+        Frame::ZeroPages { gpa, count } => {
+            check_pages(sink.ranges(), *gpa, *count)?;
+            sink.zero(*gpa, *count).map_err(malformed)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// A sink over an in-memory buffer (tests and fuzzing).
+pub struct BufferSink {
+    ranges: Vec<(u64, u64)>,
+    /// One buffer per range.
+    pub buffers: Vec<Vec<u8>>,
+}
+
+impl BufferSink {
+    /// Buffers for the given ranges.
+    pub fn new(ranges: &[(u64, u64)]) -> Self {
+        BufferSink {
+            ranges: ranges.to_vec(),
+            buffers: ranges.iter().map(|&(_, l)| vec![0u8; l as usize]).collect(),
+        }
+    }
+
+    fn locate(&mut self, gpa: u64) -> Result<(&mut Vec<u8>, usize), String> {
+        let i = self
+            .ranges
+            .iter()
+            .position(|&(s, l)| gpa >= s && gpa < s + l)
+            .ok_or_else(|| format!("{gpa:#x} outside RAM"))?;
+        let off = (gpa - self.ranges[i].0) as usize;
+        Ok((&mut self.buffers[i], off))
+    }
+}
+
+impl PageSink for BufferSink {
+    fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
+        let (buf, off) = self.locate(gpa)?;
+        buf.get_mut(off..off + data.len())
+            .ok_or("run past range end")?
+            .copy_from_slice(data);
+        Ok(())
+    }
+    fn zero(&mut self, gpa: u64, count: u32) -> Result<(), String> {
+        let (buf, off) = self.locate(gpa)?;
+        let len = count as usize * PAGE_SIZE as usize;
+        buf.get_mut(off..off + len)
+            .ok_or("run past range end")?
+            .fill(0);
+        Ok(())
+    }
+}
+
+/// The destination's stream parser over any bytes: reads frames and
+/// applies memory frames to `sink` until the stream ends or a frame is
+/// rejected. This is what the fuzz target drives.
+pub fn parse_stream(mut r: &[u8], sink: &mut dyn PageSink) -> Result<usize, ProtocolError> {
+    let mut frames = 0;
+    while !r.is_empty() {
+        let frame = read_frame(&mut r)?;
+        apply_memory_frame(&frame, sink)?;
+        frames += 1;
+    }
+    Ok(frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_frame(&mut v, kind, &[payload]).unwrap();
+        v
+    }
+
+    fn pages(gpa: u64, count: u32, fill: u8) -> Vec<u8> {
+        let h = PagesHeader {
+            gpa: U64::new(gpa),
+            count: U32::new(count),
+            reserved: U32::new(0),
+        };
+        let data = vec![fill; count as usize * 4096];
+        let mut v = Vec::new();
+        write_frame(&mut v, Kind::Pages, &[h.as_bytes(), &data]).unwrap();
+        v
+    }
+
+    #[test]
+    fn round_trip_of_every_frame() {
+        let hello = hello_payload(2, 64 << 20, 7, &[(0, 64 << 20)]);
+        let mut stream = frame(Kind::Hello, &hello);
+        stream.extend(frame(Kind::Challenge, &[1; 32]));
+        stream.extend(frame(Kind::Accept, &[]));
+        stream.extend(pages(0x1000, 2, 0xab));
+        stream.extend(frame(Kind::Cancel, b"why"));
+        let mut r = &stream[..];
+        match read_frame(&mut r).unwrap() {
+            Frame::Hello {
+                version,
+                vcpus,
+                memory_bytes,
+                cpuid_hash,
+                ranges,
+                ..
+            } => {
+                assert_eq!(
+                    (version, vcpus, memory_bytes, cpuid_hash),
+                    (1, 2, 64 << 20, 7)
+                );
+                assert_eq!(ranges, vec![(0, 64 << 20)]);
+            }
+            f => panic!("{f:?}"),
+        }
+        assert_eq!(read_frame(&mut r).unwrap(), Frame::Challenge([1; 32]));
+        assert_eq!(read_frame(&mut r).unwrap(), Frame::Accept);
+        match read_frame(&mut r).unwrap() {
+            Frame::Pages { gpa, data } => {
+                assert_eq!((gpa, data.len(), data[0]), (0x1000, 8192, 0xab))
+            }
+            f => panic!("{f:?}"),
+        }
+        assert_eq!(read_frame(&mut r).unwrap(), Frame::Cancel("why".into()));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        // Wrong tag.
+        let mut bad = frame(Kind::Accept, &[]);
+        bad[0] = 0;
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+        // Unknown kind.
+        let mut bad = frame(Kind::Accept, &[]);
+        bad[2] = 99;
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+        // Huge length is refused before allocation.
+        let mut bad = frame(Kind::Pages, &[]);
+        bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(
+            matches!(read_frame(&mut &bad[..]), Err(ProtocolError::Malformed(m)) if m.contains("exceeds"))
+        );
+        // Truncated payload.
+        let good = pages(0, 1, 1);
+        assert!(matches!(
+            read_frame(&mut &good[..good.len() - 1]),
+            Err(ProtocolError::Io(_))
+        ));
+        // Count disagrees with bytes.
+        let mut bad = pages(0, 2, 1);
+        bad[16 + 8..16 + 12].copy_from_slice(&3u32.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+        // Wrong hello magic.
+        let mut hello = hello_payload(1, 4096, 0, &[(0, 4096)]);
+        hello[0] = b'X';
+        assert!(matches!(
+            read_frame(&mut &frame(Kind::Hello, &hello)[..]),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn pages_outside_ram_are_rejected_not_written() {
+        let ranges = [(0u64, 16 * 4096u64), (1 << 32, 4 * 4096)];
+        let mut sink = BufferSink::new(&ranges);
+        let ok = pages(4096, 2, 7);
+        parse_stream(&ok, &mut sink).unwrap();
+        assert_eq!(sink.buffers[0][4096], 7);
+        for (gpa, count) in [
+            (15 * 4096, 2),
+            (16 * 4096, 1),
+            (100, 1),
+            ((1 << 32) + 4 * 4096, 1),
+            (u64::MAX - 4095, 1),
+        ] {
+            let mut sink = BufferSink::new(&ranges);
+            let f = pages(gpa, count, 9);
+            assert!(parse_stream(&f, &mut sink).is_err(), "{gpa:#x}+{count}");
+            assert!(sink.buffers.iter().all(|b| b.iter().all(|x| *x == 0)));
+        }
+        let z = {
+            let h = PagesHeader {
+                gpa: U64::new(1 << 32),
+                count: U32::new(4),
+                reserved: U32::new(0),
+            };
+            frame(Kind::ZeroPages, h.as_bytes())
+        };
+        let mut sink = BufferSink::new(&ranges);
+        sink.buffers[1].fill(5);
+        parse_stream(&z, &mut sink).unwrap();
+        assert!(sink.buffers[1].iter().all(|x| *x == 0));
+    }
+}

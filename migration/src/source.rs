@@ -1,0 +1,483 @@
+//! The source side: handshake, precopy passes over KVM's dirty log, then
+//! pause, final pass, vCPU and clock state, and the completion handshake.
+//! Any failure resumes the source exactly as it was.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use virtkit_core::runtime::{dirty_pages, RunState, Vm};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::IntoBytes;
+
+use crate::model::{
+    MigrationError, MigrationOptions, MigrationPhase, MigrationStats, NonConvergencePolicy,
+};
+use crate::protocol::{self, Frame, Kind, PagesHeader, MAX_PAGES_PER_FRAME, PAGE_SIZE};
+use crate::transport::MigrationStream;
+
+/// Domain separation for the authentication MAC.
+pub(crate) const AUTH_CONTEXT: &[u8] = b"virtkit-migration-v1";
+
+/// Cancels a running migration from another thread: the source resumes as
+/// if nothing happened, the target discards everything.
+#[derive(Clone, Default)]
+pub struct CancelHandle {
+    flag: Arc<AtomicBool>,
+    stream: Arc<Mutex<Option<Box<dyn MigrationStream>>>>,
+}
+
+impl CancelHandle {
+    /// A handle not yet attached to a migration.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancel now. Blocked transfers fail at once.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(s) = self
+            .stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown();
+        }
+    }
+
+    /// Whether cancel was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    fn attach(&self, s: Box<dyn MigrationStream>) {
+        *self.stream.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+        if self.is_cancelled() {
+            self.cancel();
+        }
+    }
+}
+
+/// A progress report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Current phase.
+    pub phase: MigrationPhase,
+    /// Precopy pass.
+    pub iteration: u32,
+    /// Pages still dirty at the start of this pass.
+    pub remaining_pages: u64,
+    /// Bytes written so far.
+    pub bytes_sent: u64,
+}
+
+/// The HMAC the source proves the secret with.
+pub(crate) fn auth_mac(secret: &[u8], nonce: &[u8; 32], hello: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(AUTH_CONTEXT);
+    mac.update(nonce);
+    mac.update(hello);
+    mac
+}
+
+/// xxh3 of all guest RAM, range by range.
+pub fn memory_checksum(vm: &Vm) -> Result<u64, MigrationError> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for r in vm.ram_ranges() {
+        let mut off = 0;
+        while off < r.len {
+            let n = (r.len - off).min(buf.len() as u64) as usize;
+            vm.read_memory(r.guest_addr + off, &mut buf[..n])?;
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+    }
+    Ok(h.digest())
+}
+
+struct Sender<'a> {
+    vm: &'a Vm,
+    stream: Box<dyn MigrationStream>,
+    opts: &'a MigrationOptions,
+    cancel: &'a CancelHandle,
+    stats: MigrationStats,
+    started: Instant,
+    buf: Vec<u8>,
+}
+
+impl Sender<'_> {
+    fn check_cancel(&self) -> Result<(), MigrationError> {
+        if self.cancel.is_cancelled() {
+            Err(MigrationError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn io(&self, e: std::io::Error) -> MigrationError {
+        if self.cancel.is_cancelled() {
+            MigrationError::Cancelled
+        } else {
+            MigrationError::Connection(e)
+        }
+    }
+
+    fn frame(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), MigrationError> {
+        self.check_cancel()?;
+        let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + 16;
+        protocol::write_frame(&mut self.stream, kind, parts).map_err(|e| self.io(e))?;
+        self.stats.bytes_sent += len as u64;
+        self.throttle();
+        Ok(())
+    }
+
+    /// Sleep as needed to stay under the bandwidth cap.
+    fn throttle(&self) {
+        let cap = self.opts.bandwidth_bytes_per_sec;
+        if cap == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.stats.bytes_sent as f64 / cap as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+
+    fn read(&mut self) -> Result<Frame, MigrationError> {
+        match protocol::read_frame(&mut self.stream) {
+            Ok(Frame::Cancel(reason)) => Err(MigrationError::PeerCancelled(reason)),
+            Ok(f) => Ok(f),
+            Err(protocol::ProtocolError::Io(e)) => Err(self.io(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Send the pages `[gpa, gpa + count * 4096)`, zero pages as markers.
+    fn send_run(&mut self, gpa: u64, count: u64) -> Result<(), MigrationError> {
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(u64::from(MAX_PAGES_PER_FRAME));
+            let base = gpa + done * PAGE_SIZE;
+            let bytes = (n * PAGE_SIZE) as usize;
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.resize(bytes, 0);
+            self.vm.read_memory(base, &mut buf)?;
+            // Split into runs of zero and non-zero pages.
+            let mut i = 0usize;
+            while i < n as usize {
+                let zero = is_zero(&buf[i * 4096..(i + 1) * 4096]);
+                let mut j = i + 1;
+                while j < n as usize && is_zero(&buf[j * 4096..(j + 1) * 4096]) == zero {
+                    j += 1;
+                }
+                let h = PagesHeader {
+                    gpa: U64::new(base + i as u64 * PAGE_SIZE),
+                    count: U32::new((j - i) as u32),
+                    reserved: U32::new(0),
+                };
+                if zero {
+                    self.frame(Kind::ZeroPages, &[h.as_bytes()])?;
+                    self.stats.zero_pages += (j - i) as u64;
+                } else {
+                    let data = &buf[i * 4096..j * 4096];
+                    let r = self.frame(Kind::Pages, &[h.as_bytes(), data]);
+                    r?;
+                    self.stats.pages_sent += (j - i) as u64;
+                }
+                i = j;
+            }
+            self.buf = buf;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Send every page whose bit is set, coalescing adjacent pages.
+    fn send_bitmaps(
+        &mut self,
+        maps: &[virtkit_core::runtime::DirtyBitmap],
+    ) -> Result<u64, MigrationError> {
+        let mut total = 0;
+        for m in maps {
+            let mut run: Option<(u64, u64)> = None;
+            for page in dirty_pages(&m.bits, m.guest_addr) {
+                total += 1;
+                run = match run {
+                    Some((start, n)) if start + n * PAGE_SIZE == page => Some((start, n + 1)),
+                    Some((start, n)) => {
+                        self.send_run(start, n)?;
+                        Some((page, 1))
+                    }
+                    None => Some((page, 1)),
+                };
+            }
+            if let Some((start, n)) = run {
+                self.send_run(start, n)?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// True when every byte is zero. The inner OR-fold over 64-byte chunks
+/// vectorizes; the outer `all` stops at the first non-zero chunk.
+pub(crate) fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+}
+
+/// Migrate the running `vm` over `stream`. On success the source VM has
+/// been stopped (the target runs the guest); on any error it is running
+/// again, unharmed, and the target has been told to discard everything.
+pub fn migrate(
+    vm: &Vm,
+    stream: Box<dyn MigrationStream>,
+    opts: &MigrationOptions,
+    cancel: &CancelHandle,
+    progress: &dyn Fn(&Progress),
+) -> Result<MigrationStats, MigrationError> {
+    if vm.state() != RunState::Running {
+        return Err(MigrationError::Precondition(format!(
+            "only a running VM can migrate; this one is {:?}",
+            vm.state()
+        )));
+    }
+    cancel.attach(
+        stream
+            .try_clone_stream()
+            .map_err(MigrationError::Connection)?,
+    );
+    let mut s = Sender {
+        vm,
+        stream,
+        opts,
+        cancel,
+        stats: MigrationStats::default(),
+        started: Instant::now(),
+        buf: Vec::new(),
+    };
+    let mut paused_here = false;
+    let result = run(&mut s, progress, &mut paused_here);
+    if let Err(e) = &result {
+        // Leave the source exactly as it was.
+        if paused_here {
+            if let Err(r) = vm.resume() {
+                log::error!("migration failed and the source could not resume: {r}");
+            }
+        }
+        if let Err(d) = vm.set_dirty_logging(false) {
+            log::warn!("could not turn dirty logging off: {d}");
+        }
+        if !matches!(
+            e,
+            MigrationError::Connection(_) | MigrationError::PeerCancelled(_)
+        ) {
+            let reason = e.to_string();
+            let _ = protocol::write_frame(&mut s.stream, Kind::Cancel, &[reason.as_bytes()]);
+            let _ = s.stream.flush();
+        }
+        let _ = s.stream.shutdown();
+        progress(&Progress {
+            phase: MigrationPhase::Failed,
+            iteration: s.stats.iterations,
+            remaining_pages: 0,
+            bytes_sent: s.stats.bytes_sent,
+        });
+    }
+    result.map(|()| s.stats)
+}
+
+fn run(
+    s: &mut Sender<'_>,
+    progress: &dyn Fn(&Progress),
+    paused_here: &mut bool,
+) -> Result<(), MigrationError> {
+    let vm = s.vm;
+    let report = |s: &Sender<'_>, phase, iteration, remaining_pages| {
+        progress(&Progress {
+            phase,
+            iteration,
+            remaining_pages,
+            bytes_sent: s.stats.bytes_sent,
+        })
+    };
+    // Handshake.
+    report(s, MigrationPhase::PreparingTarget, 0, 0);
+    let ranges: Vec<(u64, u64)> = vm
+        .ram_ranges()
+        .iter()
+        .map(|r| (r.guest_addr, r.len))
+        .collect();
+    let hello = protocol::hello_payload(
+        u32::from(vm.config().vcpus),
+        vm.config().memory_bytes,
+        vm.cpuid_signature(),
+        &ranges,
+    );
+    s.frame(Kind::Hello, &[&hello])?;
+    let nonce = match s.read()? {
+        Frame::Challenge(n) => n,
+        Frame::Reject(r) => return Err(MigrationError::Rejected(r)),
+        f => return Err(unexpected("Challenge", &f)),
+    };
+    let mac = auth_mac(&s.opts.secret, &nonce, &hello)
+        .finalize()
+        .into_bytes();
+    s.frame(Kind::Auth, &[&mac])?;
+    match s.read()? {
+        Frame::Accept => {}
+        Frame::Reject(r) => return Err(MigrationError::Rejected(r)),
+        f => return Err(unexpected("Accept", &f)),
+    }
+    report(s, MigrationPhase::TargetReady, 0, 0);
+
+    // Precopy.
+    let memory: u64 = ranges.iter().map(|r| r.1).sum();
+    let completion = Duration::from_secs(
+        s.opts
+            .completion_timeout_per_gib
+            .saturating_mul(memory.div_ceil(1 << 30).max(1)),
+    );
+    vm.set_dirty_logging(true)?;
+    let _ = vm.take_dirty_pages()?; // start clean: pass 0 sends everything
+    report(s, MigrationPhase::Running, 0, memory / PAGE_SIZE);
+    let mut pass_start = Instant::now();
+    for &(gpa, len) in &ranges {
+        s.send_run(gpa, len / PAGE_SIZE)?;
+    }
+    s.frame(
+        Kind::IterationDone,
+        &[iteration_done(0, memory / PAGE_SIZE).as_slice()],
+    )?;
+    s.stats.iterations = 1;
+    let mut best_remaining = u64::MAX;
+    let mut last_progress = Instant::now();
+    let maps = loop {
+        let maps = vm.take_dirty_pages()?;
+        let dirty: u64 = maps.iter().map(|m| m.count()).sum();
+        let pass_time = pass_start.elapsed().as_secs_f64().max(1e-6);
+        s.stats.dirty_rate_pages_per_sec = dirty as f64 / pass_time;
+        let elapsed = s.started.elapsed().as_secs_f64().max(1e-6);
+        s.stats.bandwidth_bytes_per_sec = s.stats.bytes_sent as f64 / elapsed;
+        report(s, MigrationPhase::Running, s.stats.iterations, dirty);
+        let remaining_bytes = dirty * (PAGE_SIZE + 16);
+        let eta = remaining_bytes as f64 / s.stats.bandwidth_bytes_per_sec;
+        if eta <= s.opts.max_downtime.as_secs_f64() {
+            break maps;
+        }
+        if dirty < best_remaining {
+            best_remaining = dirty;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > s.opts.progress_timeout {
+            return Err(MigrationError::ProgressTimeout(s.opts.progress_timeout));
+        }
+        if s.started.elapsed() > completion {
+            return Err(MigrationError::CompletionTimeout(completion));
+        }
+        if s.stats.iterations >= s.opts.max_iterations {
+            match s.opts.on_non_convergence {
+                NonConvergencePolicy::ForceSwitchover => break maps,
+                NonConvergencePolicy::Abort => {
+                    return Err(MigrationError::NotConverging {
+                        iterations: s.stats.iterations,
+                        dirty_pages: dirty,
+                        bandwidth_mib_s: s.stats.bandwidth_bytes_per_sec / f64::from(1 << 20),
+                    })
+                }
+            }
+        }
+        pass_start = Instant::now();
+        let sent = s.send_bitmaps(&maps)?;
+        s.frame(
+            Kind::IterationDone,
+            &[iteration_done(s.stats.iterations, sent).as_slice()],
+        )?;
+        s.stats.iterations += 1;
+    };
+
+    // Switchover: pause, final pass, state.
+    let t0 = Instant::now();
+    vm.pause()?;
+    *paused_here = true;
+    let t1 = Instant::now();
+    // Pages dirtied since `maps` was taken, plus `maps` itself.
+    let rest = vm.take_dirty_pages()?;
+    let mut sent = s.send_bitmaps(&maps)?;
+    sent += s.send_bitmaps(&rest)?;
+    s.frame(
+        Kind::IterationDone,
+        &[iteration_done(s.stats.iterations, sent).as_slice()],
+    )?;
+    s.stats.iterations += 1;
+    let t2 = Instant::now();
+    let checksum = if s.opts.verify_checksum {
+        memory_checksum(vm)?
+    } else {
+        0
+    };
+    for state in vm.save_vcpus()? {
+        s.frame(Kind::VcpuState, &[state.to_bytes()])?;
+    }
+    let clock = vm.save_clock()?;
+    s.frame(Kind::Clock, &[zerocopy::IntoBytes::as_bytes(&clock)])?;
+    s.frame(Kind::Complete, &[&checksum.to_le_bytes()])?;
+    s.stream.flush().map_err(|e| s.io(e))?;
+    match s.read()? {
+        Frame::Confirm { checksum: theirs } => {
+            if checksum != 0 && theirs != checksum {
+                return Err(MigrationError::ChecksumMismatch {
+                    source_sum: checksum,
+                    target: theirs,
+                });
+            }
+        }
+        f => return Err(unexpected("Confirm", &f)),
+    }
+    // Point of no return: the target holds everything and waits for Commit.
+    s.check_cancel()?;
+    protocol::write_frame(&mut s.stream, Kind::Commit, &[]).map_err(|e| s.io(e))?;
+    s.stream.flush().map_err(|e| s.io(e))?;
+    let t3 = Instant::now();
+    let _ = vm.set_dirty_logging(false);
+    let _ = vm.stop();
+    s.stats.checksum = (checksum != 0).then_some(checksum);
+    s.stats.downtime = crate::model::Downtime {
+        pause: t1 - t0,
+        final_copy: t2 - t1,
+        state_transfer: t3 - t2,
+        total: t3 - t0,
+    };
+    s.stats.total_time = s.started.elapsed();
+    report(s, MigrationPhase::Succeeded, s.stats.iterations, 0);
+    Ok(())
+}
+
+fn iteration_done(iteration: u32, pages: u64) -> Vec<u8> {
+    protocol::IterationDone {
+        iteration: U32::new(iteration),
+        reserved: U32::new(0),
+        pages: U64::new(pages),
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+pub(crate) fn unexpected(wanted: &str, got: &Frame) -> MigrationError {
+    let name = format!("{got:?}");
+    let name = name
+        .split([' ', '(', '{'])
+        .next()
+        .unwrap_or("?")
+        .to_string();
+    MigrationError::Protocol(protocol::ProtocolError::Malformed(format!(
+        "expected {wanted}, got {name}"
+    )))
+}

@@ -1,0 +1,400 @@
+//! Precopy migration between two real KVM VMs in one process, over a unix
+//! socketpair, while the guest counts and rewrites pages; and every way it
+//! can fail, each leaving the source running and the target empty.
+
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use virtkit_core::payload::{self, COUNTER_ADDR};
+use virtkit_core::runtime::{RunState, Vm, VmBuilder, VmConfig};
+use virtkit_migration::destination::{receive, Received};
+use virtkit_migration::protocol::{self, Kind};
+use virtkit_migration::source::{migrate, CancelHandle};
+use virtkit_migration::transport::MigrationStream;
+use virtkit_migration::{MigrationError, MigrationOptions, MigrationPhase, NonConvergencePolicy};
+
+const SECRET: &[u8] = b"shared out of band";
+
+fn kvm_present() -> bool {
+    let ok = std::path::Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("SKIP: /dev/kvm is absent; migration tests need KVM");
+    }
+    ok
+}
+
+fn counter(vm: &Vm) -> u64 {
+    let mut b = [0u8; 8];
+    vm.read_memory(COUNTER_ADDR, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn wait_counter(vm: &Vm, above: u64) -> u64 {
+    let t = Instant::now();
+    loop {
+        let c = counter(vm);
+        if c > above {
+            return c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "counter stuck at {c}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A running source VM whose guest rewrites `pages` pages in a loop.
+fn source(pages: u32) -> Vm {
+    let vm = VmBuilder::new(VmConfig {
+        name: "src".into(),
+        vcpus: 2,
+        memory_bytes: 8 << 20,
+    })
+    .build()
+    .unwrap();
+    payload::touch_pages(pages, None, 0)
+        .unwrap()
+        .load(&vm)
+        .unwrap();
+    vm.start().unwrap();
+    wait_counter(&vm, 100);
+    vm
+}
+
+fn spawn_target(
+    stream: UnixStream,
+    secret: &'static [u8],
+) -> JoinHandle<Result<Received, MigrationError>> {
+    std::thread::spawn(move || {
+        receive(Box::new(stream), secret, |layout| {
+            VmBuilder::new(layout.vm_config("dst")).build()
+        })
+    })
+}
+
+fn opts() -> MigrationOptions {
+    MigrationOptions {
+        bandwidth_bytes_per_sec: 0,
+        max_downtime: Duration::from_millis(50),
+        secret: SECRET.to_vec(),
+        verify_checksum: true,
+        ..MigrationOptions::default()
+    }
+}
+
+fn assert_source_unharmed(vm: &Vm) {
+    assert_eq!(vm.state(), RunState::Running);
+    let c = counter(vm);
+    wait_counter(vm, c);
+}
+
+#[test]
+fn guest_moves_and_continues_its_count_with_identical_memory() {
+    if !kvm_present() {
+        return;
+    }
+    let src = source(256);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let phases = std::sync::Mutex::new(Vec::new());
+    let stats = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|p| {
+        let mut v = phases.lock().unwrap();
+        if v.last() != Some(&p.phase) {
+            v.push(p.phase);
+        }
+    })
+    .unwrap();
+    let got = target.join().unwrap().unwrap();
+    // The source let go; its last count is where the guest was paused.
+    assert_eq!(src.state(), RunState::Exited);
+    let paused_at = counter(&src);
+    // Memory at the pause on the source == memory before resume on the target.
+    assert!(stats.checksum.is_some());
+    assert_eq!(stats.checksum, Some(got.stats.checksum));
+    // The guest continues from where it was.
+    let later = wait_counter(&got.vm, paused_at + 50);
+    assert!(later > paused_at + 50);
+    assert_eq!(
+        *phases.lock().unwrap(),
+        vec![
+            MigrationPhase::PreparingTarget,
+            MigrationPhase::TargetReady,
+            MigrationPhase::Running,
+            MigrationPhase::Succeeded
+        ]
+    );
+    assert!(stats.iterations >= 2, "{stats:?}");
+    assert!(
+        stats.zero_pages > 1000,
+        "zero pages are sent as markers: {stats:?}"
+    );
+    assert!(stats.pages_sent >= 256);
+    assert!(stats.downtime.total >= stats.downtime.final_copy);
+    assert_eq!(
+        got.stats.pages + got.stats.zero_pages,
+        stats.pages_sent + stats.zero_pages
+    );
+    got.vm.stop().unwrap();
+}
+
+#[test]
+fn wrong_secret_is_refused_before_any_page() {
+    if !kvm_present() {
+        return;
+    }
+    let src = source(16);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, b"another secret");
+    let e = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(
+        matches!(&e, MigrationError::Rejected(r) if r.contains("authentication failed")),
+        "{e}"
+    );
+    assert!(matches!(
+        target.join().unwrap(),
+        Err(MigrationError::Rejected(_))
+    ));
+    assert_source_unharmed(&src);
+}
+
+#[test]
+fn wrong_version_is_refused() {
+    if !kvm_present() {
+        return;
+    }
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)]);
+    hello[8..12].copy_from_slice(&99u32.to_le_bytes());
+    protocol::write_frame(&mut a, Kind::Hello, &[&hello]).unwrap();
+    match protocol::read_frame(&mut a).unwrap() {
+        protocol::Frame::Reject(r) => assert!(r.contains("version 99"), "{r}"),
+        f => panic!("{f:?}"),
+    }
+    assert!(matches!(
+        target.join().unwrap(),
+        Err(MigrationError::Rejected(_))
+    ));
+}
+
+#[test]
+fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
+    if !kvm_present() {
+        return;
+    }
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)]);
+    protocol::write_frame(&mut a, Kind::Hello, &[&hello]).unwrap();
+    let nonce = match protocol::read_frame(&mut a).unwrap() {
+        protocol::Frame::Challenge(n) => n,
+        f => panic!("{f:?}"),
+    };
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET).unwrap();
+    mac.update(b"virtkit-migration-v1");
+    mac.update(&nonce);
+    mac.update(&hello);
+    protocol::write_frame(&mut a, Kind::Auth, &[&mac.finalize().into_bytes()]).unwrap();
+    assert_eq!(
+        protocol::read_frame(&mut a).unwrap(),
+        protocol::Frame::Accept
+    );
+    // Pages far outside guest RAM.
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    hdr.extend_from_slice(&1u32.to_le_bytes());
+    hdr.extend_from_slice(&0u32.to_le_bytes());
+    protocol::write_frame(&mut a, Kind::Pages, &[&hdr, &[7u8; 4096]]).unwrap();
+    let e = target.join().unwrap().err().unwrap();
+    assert!(e.to_string().contains("outside guest RAM"), "{e}");
+    // A truncated frame: the target reports the connection, never panics.
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    a.write_all(&[0x56, 0x4b, 1, 0, 0, 0, 0, 0, 200, 0])
+        .unwrap();
+    drop(a);
+    assert!(matches!(
+        target.join().unwrap(),
+        Err(MigrationError::Connection(_))
+    ));
+}
+
+#[test]
+fn cancel_during_precopy_leaves_the_source_running() {
+    if !kvm_present() {
+        return;
+    }
+    let src = source(256);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let cancel = CancelHandle::new();
+    let c2 = cancel.clone();
+    let o = MigrationOptions {
+        bandwidth_bytes_per_sec: 1 << 20,
+        ..opts()
+    };
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.cancel();
+    });
+    let e = migrate(&src, Box::new(a), &o, &cancel, &|_| {}).unwrap_err();
+    canceller.join().unwrap();
+    assert!(matches!(e, MigrationError::Cancelled), "{e}");
+    assert!(
+        target.join().unwrap().is_err(),
+        "the target discards everything"
+    );
+    assert_source_unharmed(&src);
+}
+
+/// A stream whose link drops when the source starts writing a frame of
+/// kind `at` (the header is written on its own, so it can be seen whole).
+struct Breaking {
+    inner: UnixStream,
+    at: Kind,
+    broken: Arc<AtomicBool>,
+}
+impl Read for Breaking {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(b)
+    }
+}
+impl Write for Breaking {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let header_of_kind =
+            b.len() == 16 && b[0..2] == [0x56, 0x4b] && b[2..4] == (self.at as u16).to_le_bytes();
+        if header_of_kind || self.broken.load(Ordering::SeqCst) {
+            self.broken.store(true, Ordering::SeqCst);
+            let _ = self.inner.shutdown(std::net::Shutdown::Both);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "link dropped",
+            ));
+        }
+        self.inner.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+impl MigrationStream for Breaking {
+    fn shutdown(&self) -> std::io::Result<()> {
+        self.inner.shutdown(std::net::Shutdown::Both)
+    }
+    fn try_clone_stream(&self) -> std::io::Result<Box<dyn MigrationStream>> {
+        Ok(Box::new(Breaking {
+            inner: self.inner.try_clone()?,
+            at: self.at,
+            broken: self.broken.clone(),
+        }))
+    }
+}
+
+#[test]
+fn connection_dropped_in_each_phase_leaves_the_source_running() {
+    if !kvm_present() {
+        return;
+    }
+    // Handshake, precopy, state transfer, and just before the commit.
+    for at in [Kind::Auth, Kind::Pages, Kind::VcpuState, Kind::Commit] {
+        let src = source(64);
+        let (a, b) = UnixStream::pair().unwrap();
+        let target = spawn_target(b, SECRET);
+        let s = Breaking {
+            inner: a,
+            at,
+            broken: Arc::new(AtomicBool::new(false)),
+        };
+        let e = migrate(&src, Box::new(s), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+        assert!(matches!(e, MigrationError::Connection(_)), "{at:?}: {e}");
+        assert!(
+            target.join().unwrap().is_err(),
+            "{at:?}: target must discard"
+        );
+        assert_source_unharmed(&src);
+        src.stop().unwrap();
+    }
+}
+
+#[test]
+fn low_bandwidth_for_the_dirty_rate_hits_the_progress_timeout() {
+    if !kvm_present() {
+        return;
+    }
+    let src = source(512);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let o = MigrationOptions {
+        bandwidth_bytes_per_sec: 4 << 20,
+        max_downtime: Duration::from_millis(1),
+        progress_timeout: Duration::from_secs(2),
+        max_iterations: 1000,
+        ..opts()
+    };
+    let t = Instant::now();
+    let e = migrate(&src, Box::new(a), &o, &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(matches!(e, MigrationError::ProgressTimeout(_)), "{e}");
+    assert!(t.elapsed() >= Duration::from_secs(2));
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+}
+
+#[test]
+fn completion_timeout_and_non_convergence_policies() {
+    if !kvm_present() {
+        return;
+    }
+    // completionTimeoutPerGiB = 1 s on an 8 MiB guest → 1 s.
+    let src = source(512);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let o = MigrationOptions {
+        bandwidth_bytes_per_sec: 4 << 20,
+        max_downtime: Duration::from_millis(1),
+        completion_timeout_per_gib: 1,
+        max_iterations: 1000,
+        ..opts()
+    };
+    let e = migrate(&src, Box::new(a), &o, &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(matches!(e, MigrationError::CompletionTimeout(_)), "{e}");
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+
+    // Abort after 2 passes that do not converge.
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let o = MigrationOptions {
+        max_downtime: Duration::ZERO,
+        max_iterations: 2,
+        ..opts()
+    };
+    let e = migrate(&src, Box::new(a), &o, &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(
+        matches!(e, MigrationError::NotConverging { iterations: 2, .. }),
+        "{e}"
+    );
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+
+    // ForceSwitchover completes anyway.
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let o = MigrationOptions {
+        on_non_convergence: NonConvergencePolicy::ForceSwitchover,
+        ..o
+    };
+    let stats = migrate(&src, Box::new(a), &o, &CancelHandle::new(), &|_| {}).unwrap();
+    let got = target.join().unwrap().unwrap();
+    assert_eq!(stats.checksum, Some(got.stats.checksum));
+    let at = counter(&src);
+    wait_counter(&got.vm, at);
+}
