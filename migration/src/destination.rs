@@ -54,6 +54,7 @@ pub struct ReceiveStats {
     /// Checksum of RAM before resume (0 if not asked for).
     pub checksum: u64,
     /// From Complete to running.
+    #[serde(serialize_with = "crate::model::secs")]
     pub resume_time: Duration,
 }
 

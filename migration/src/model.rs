@@ -97,16 +97,25 @@ pub enum MigrationPhase {
     Failed,
 }
 
+/// Serialize a duration as fractional seconds.
+pub fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 /// Where the downtime went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Downtime {
     /// Stopping the vCPUs.
+    #[serde(serialize_with = "secs")]
     pub pause: Duration,
     /// The final memory pass.
+    #[serde(serialize_with = "secs")]
     pub final_copy: Duration,
     /// vCPU and clock state, checksum, and the target's confirm.
+    #[serde(serialize_with = "secs")]
     pub state_transfer: Duration,
     /// From pause to the commit.
+    #[serde(serialize_with = "secs")]
     pub total: Duration,
 }
 
@@ -126,6 +135,7 @@ pub struct MigrationStats {
     /// Measured throughput, bytes per second.
     pub bandwidth_bytes_per_sec: f64,
     /// Wall time from start to end.
+    #[serde(serialize_with = "secs")]
     pub total_time: Duration,
     /// Downtime split.
     pub downtime: Downtime,

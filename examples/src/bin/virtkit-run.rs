@@ -14,13 +14,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use virtkit_core::document::{parse_all, Mode, Object};
+use virtkit_core::document::Mode;
 use virtkit_core::payload::{self, Payload, COUNTER_ADDR};
 use virtkit_core::runtime::{VmBuilder, VmConfig, VmExit};
 use virtkit_core::spec::vmi::VmiSpec;
-use virtkit_core::validate::validate_document;
-
-const DEMO_SPEC: &str = include_str!("../../vms/demo.yaml");
+use virtkit_examples::{human_bytes, load_vm};
 
 #[derive(Parser)]
 #[command(version, about = "Run a tiny VM from a KubeVirt YAML spec")]
@@ -54,102 +52,19 @@ enum PayloadKind {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (source, text) = match &args.spec {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => (p.display().to_string(), t),
-            Err(e) => {
-                eprintln!("{}: {e}", p.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => ("<embedded demo spec>".to_string(), DEMO_SPEC.to_string()),
-    };
     let mode = if args.lenient {
         Mode::Lenient
     } else {
         Mode::Strict
     };
-    let (name, spec) = match select_vm(&source, &text, mode, args.name.as_deref()) {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    let mut spec = spec;
-    virtkit_core::defaults::vmi_spec(&mut spec);
-    run(&name, &spec, args.payload, args.timeout)
-}
-
-/// Parse, validate (printing every problem), and pick the VM to run.
-fn select_vm(
-    source: &str,
-    text: &str,
-    mode: Mode,
-    want: Option<&str>,
-) -> Result<(String, VmiSpec), ExitCode> {
-    let mut candidates = Vec::new();
-    let mut invalid = false;
-    for res in parse_all(text, mode) {
-        let doc = match res {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!(
-                    "{source}: document {}: {}: {}",
-                    e.document, e.path, e.message
-                );
-                invalid = true;
-                continue;
+    match load_vm(args.spec.as_deref(), mode, args.name.as_deref()) {
+        Ok((name, spec)) => run(&name, &spec, args.payload, args.timeout),
+        Err(messages) => {
+            for m in messages {
+                eprintln!("{m}");
             }
-        };
-        let (name, spec) = match &doc.object {
-            Object::VirtualMachine(vm) => (doc.object.name(), vm.spec.template.spec.clone()),
-            Object::VirtualMachineInstance(vmi) => (doc.object.name(), vmi.spec.clone()),
-            _ => continue,
-        };
-        let name = name.unwrap_or("unnamed").to_string();
-        if want.is_some_and(|w| w != name) {
-            continue;
+            ExitCode::from(2)
         }
-        let report = validate_document(&doc);
-        for v in &report.violations {
-            eprintln!("{source}: {v}");
-        }
-        if !report.is_valid() {
-            invalid = true;
-            continue;
-        }
-        candidates.push((name, spec));
-    }
-    if invalid {
-        eprintln!("{source}: the spec is invalid; nothing was started");
-        return Err(ExitCode::from(2));
-    }
-    match candidates.len() {
-        1 => Ok(candidates.remove(0)),
-        0 => {
-            eprintln!(
-                "{source}: no VirtualMachine or VirtualMachineInstance{} found",
-                want.map(|w| format!(" named {w:?}")).unwrap_or_default()
-            );
-            Err(ExitCode::from(2))
-        }
-        _ => {
-            let names: Vec<_> = candidates.iter().map(|c| c.0.as_str()).collect();
-            eprintln!(
-                "{source}: several VMs ({}); choose one with --name",
-                names.join(", ")
-            );
-            Err(ExitCode::from(2))
-        }
-    }
-}
-
-fn human_bytes(b: u64) -> String {
-    const MIB: u64 = 1 << 20;
-    if b % (1 << 30) == 0 {
-        format!("{} GiB", b >> 30)
-    } else if b % MIB == 0 {
-        format!("{} MiB", b / MIB)
-    } else {
-        format!("{b} bytes")
     }
 }
 
