@@ -11,6 +11,7 @@
 //! - [`limiter`]: `parallelMigrationsPerCluster` /
 //!   `parallelOutboundMigrationsPerNode` queueing.
 
+pub mod fuzzing;
 pub mod limiter;
 pub mod model;
 pub mod protocol;

@@ -200,6 +200,42 @@ impl Sender<'_> {
         Ok(())
     }
 
+    /// Send a range whose touched pages are marked in `bits`: untouched runs
+    /// as zero markers, touched runs read and sent.
+    fn send_range_by_residency(
+        &mut self,
+        gpa: u64,
+        pages: u64,
+        bits: &[u64],
+    ) -> Result<(), MigrationError> {
+        let touched = |p: u64| {
+            bits.get((p / 64) as usize)
+                .is_some_and(|w| w & (1 << (p % 64)) != 0)
+        };
+        let mut p = 0;
+        while p < pages {
+            let t = touched(p);
+            let mut q = p + 1;
+            while q < pages && touched(q) == t && (t || q - p < u64::from(u32::MAX)) {
+                q += 1;
+            }
+            let at = gpa + p * PAGE_SIZE;
+            if t {
+                self.send_run(at, q - p)?;
+            } else {
+                let h = PagesHeader {
+                    gpa: U64::new(at),
+                    count: U32::new((q - p) as u32),
+                    reserved: U32::new(0),
+                };
+                self.frame(Kind::ZeroPages, &[h.as_bytes()])?;
+                self.stats.zero_pages += q - p;
+            }
+            p = q;
+        }
+        Ok(())
+    }
+
     /// Send every page whose bit is set, coalescing adjacent pages.
     fn send_bitmaps(
         &mut self,
@@ -229,7 +265,7 @@ impl Sender<'_> {
 
 /// True when every byte is zero. The inner OR-fold over 64-byte chunks
 /// vectorizes; the outer `all` stops at the first non-zero chunk.
-pub(crate) fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     page.chunks(64)
         .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
 }
@@ -350,8 +386,15 @@ fn run(
     let _ = vm.take_dirty_pages()?; // start clean: pass 0 sends everything
     report(s, MigrationPhase::Running, 0, memory / PAGE_SIZE);
     let mut pass_start = Instant::now();
-    for &(gpa, len) in &ranges {
-        s.send_run(gpa, len / PAGE_SIZE)?;
+    // Never-touched memory is zero: send markers without reading it (reading
+    // would fault in every page). Logging is already on, so a page touched
+    // after this snapshot is in the next pass's dirty set.
+    let touched = vm.touched_pages();
+    for (i, &(gpa, len)) in ranges.iter().enumerate() {
+        match touched.as_ref().and_then(|t| t.get(i)) {
+            Some(bits) => s.send_range_by_residency(gpa, len / PAGE_SIZE, bits)?,
+            None => s.send_run(gpa, len / PAGE_SIZE)?,
+        }
     }
     s.frame(
         Kind::IterationDone,
