@@ -191,3 +191,50 @@ impl Drop for Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            "tcp:127.0.0.1:80".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            "[::1]:80".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            "unix:/tmp/x".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/tmp/x".into())
+        );
+        assert!("nonsense".parse::<Endpoint>().is_err());
+    }
+
+    #[test]
+    fn connect_binds_to_the_migration_network_address() {
+        // 127.0.0.2 stands in for the address on a dedicated network.
+        let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = l.local_endpoint().unwrap();
+        let Listener::Tcp(tcp) = &l else { panic!() };
+        let tcp = tcp.try_clone().unwrap();
+        let accept = std::thread::spawn(move || tcp.accept().unwrap().1);
+        let _c = connect(&to, Some("127.0.0.2:0".parse().unwrap())).unwrap();
+        let peer = accept.join().unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.2");
+    }
+
+    #[test]
+    fn unix_listener_accepts_and_cleans_up() {
+        let path = std::env::temp_dir().join(format!("virtkit-mig-{}.sock", std::process::id()));
+        let at = Endpoint::Unix(path.clone());
+        let l = Listener::bind(&at).unwrap();
+        let t = std::thread::spawn(move || connect(&at, None).map(|_| ()));
+        let _s = l.accept().unwrap();
+        t.join().unwrap().unwrap();
+        drop(l);
+        assert!(!path.exists());
+    }
+}

@@ -398,3 +398,46 @@ fn completion_timeout_and_non_convergence_policies() {
     let at = counter(&src);
     wait_counter(&got.vm, at);
 }
+
+#[test]
+fn cancel_in_each_phase_leaves_the_source_running() {
+    if !kvm_present() {
+        return;
+    }
+    for phase in [
+        MigrationPhase::PreparingTarget,
+        MigrationPhase::TargetReady,
+        MigrationPhase::Running,
+    ] {
+        let src = source(64);
+        let (a, b) = UnixStream::pair().unwrap();
+        let target = spawn_target(b, SECRET);
+        let cancel = CancelHandle::new();
+        let c2 = cancel.clone();
+        let e = migrate(&src, Box::new(a), &opts(), &cancel, &|p| {
+            if p.phase == phase {
+                c2.cancel();
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(e, MigrationError::Cancelled), "{phase:?}: {e}");
+        assert!(
+            target.join().unwrap().is_err(),
+            "{phase:?}: target discards"
+        );
+        assert_source_unharmed(&src);
+        src.stop().unwrap();
+    }
+    // A handle cancelled before the start never touches the target.
+    let src = source(16);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let cancel = CancelHandle::new();
+    cancel.cancel();
+    assert!(matches!(
+        migrate(&src, Box::new(a), &opts(), &cancel, &|_| {}),
+        Err(MigrationError::Cancelled)
+    ));
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+}
