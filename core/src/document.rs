@@ -11,7 +11,6 @@
 //! `spec`, …) are errors in both modes, naming the canonical path.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::spec::cluster::{ConfigMap, HyperConverged};
@@ -604,11 +603,6 @@ fn insert(root: &mut Value, segments: &[Segment], value: Value) {
     if let (Segment::Key(k), Some(map)) = (last, cur.as_object_mut()) {
         map.insert(k.clone(), value);
     }
-}
-
-/// Serialize any model value to YAML (no unknown-field handling).
-pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, serde_yaml_ng::Error> {
-    serde_yaml_ng::to_string(value)
 }
 
 /// Parse, then report every problem (parse-time and validation) of each

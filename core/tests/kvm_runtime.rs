@@ -237,6 +237,9 @@ fn dirty_log_merges_guest_and_vmm_writes() {
         !pages.contains(&(TOUCH_BASE + 9 * 4096)),
         "untouched page reported"
     );
+    // Logging switched off for slot 0: guest writes are no longer logged.
+    vm.set_slot_dirty_logging(0, false).unwrap();
+    assert!(vm.set_slot_dirty_logging(7, true).is_err(), "no such slot");
     // A VMM-side write shows up through vm-memory's bitmap.
     vm.write_memory(0x30_0000, &[1, 2, 3]).unwrap();
     let maps = vm.take_dirty_pages().unwrap();

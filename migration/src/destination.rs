@@ -13,7 +13,7 @@ use crate::model::MigrationError;
 use crate::protocol::{
     self, Frame, Kind, PageSink, ProtocolError, MIN_READABLE_VERSION, PAGE_SIZE, PROTOCOL_VERSION,
 };
-use crate::source::{auth_mac, memory_checksum, unexpected};
+use crate::source::{auth_mac, memory_checksum, read_peer, unexpected};
 use crate::transport::MigrationStream;
 
 /// What the source asked the destination to build.
@@ -173,14 +173,7 @@ fn receive_inner(
         inner: stream,
         n: 0,
     };
-    let read = |rd: &mut Counting<'_>| -> Result<Frame, MigrationError> {
-        match protocol::read_frame(rd) {
-            Ok(Frame::Cancel(r)) => Err(MigrationError::PeerCancelled(r)),
-            Ok(f) => Ok(f),
-            Err(ProtocolError::Io(e)) => Err(MigrationError::Connection(e)),
-            Err(e) => Err(e.into()),
-        }
-    };
+    let read = |rd: &mut Counting<'_>| read_peer(rd);
     let (layout, hello_raw) = match read(&mut rd)? {
         Frame::Hello {
             version,

@@ -152,11 +152,9 @@ impl Sender<'_> {
     }
 
     fn read(&mut self) -> Result<Frame, MigrationError> {
-        match protocol::read_frame(&mut self.stream) {
-            Ok(Frame::Cancel(reason)) => Err(MigrationError::PeerCancelled(reason)),
-            Ok(f) => Ok(f),
-            Err(protocol::ProtocolError::Io(e)) => Err(self.io(e)),
-            Err(e) => Err(e.into()),
+        match read_peer(&mut self.stream) {
+            Err(MigrationError::Connection(e)) => Err(self.io(e)),
+            other => other,
         }
     }
 
@@ -511,6 +509,17 @@ fn iteration_done(iteration: u32, pages: u64) -> Vec<u8> {
     }
     .as_bytes()
     .to_vec()
+}
+
+/// Read the peer's next frame; its Cancel becomes `PeerCancelled`, a
+/// failed read `Connection`.
+pub(crate) fn read_peer(r: &mut dyn std::io::Read) -> Result<Frame, MigrationError> {
+    match protocol::read_frame(r) {
+        Ok(Frame::Cancel(reason)) => Err(MigrationError::PeerCancelled(reason)),
+        Ok(f) => Ok(f),
+        Err(protocol::ProtocolError::Io(e)) => Err(MigrationError::Connection(e)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) fn unexpected(wanted: &str, got: &Frame) -> MigrationError {
