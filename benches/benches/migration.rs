@@ -95,7 +95,8 @@ fn source_vm(bytes: u64, load: Load) -> Vm {
     .expect("build");
     let program = match load {
         Load::Busy => payload::touch_pages(4096, None, 0),
-        _ => payload::spin(),
+        // Idle guests halt, like an idle OS: no host CPU used.
+        _ => payload::halt(),
     }
     .expect("payload");
     program.load(&vm).expect("load");

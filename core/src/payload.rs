@@ -127,6 +127,23 @@ pub fn spin() -> Result<Payload, PayloadError> {
     })
 }
 
+/// Real mode: `cli; hlt` forever — an idle guest. With the in-kernel
+/// irqchip the vCPU sleeps inside KVM and uses no host CPU.
+pub fn halt() -> Result<Payload, PayloadError> {
+    let mut a = CodeAssembler::new(16)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top)?;
+    a.cli()?;
+    a.hlt()?;
+    a.jmp(top)?;
+    Ok(Payload {
+        code: a.assemble(0)?,
+        load_addr: LOAD_ADDR,
+        entry: real_mode_entry(),
+        min_memory: LOAD_ADDR + 0x1_0000,
+    })
+}
+
 /// Long mode: forever (or `iterations` times, then power off), increment
 /// the u64 at [`COUNTER_ADDR`] and write its new value into page
 /// `counter % pages` of the range starting at [`TOUCH_BASE`]. Every

@@ -265,6 +265,39 @@ fn triple_fault_is_an_exit_not_a_panic() {
 }
 
 #[test]
+fn a_halted_guest_sleeps_and_still_pauses_and_stops() {
+    if !kvm_present() {
+        return;
+    }
+    let vm = VmBuilder::new(config(1, 2)).build().unwrap();
+    payload::halt().unwrap().load(&vm).unwrap();
+    let cpu_before = process_cpu_time();
+    vm.start().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let used = process_cpu_time() - cpu_before;
+    assert!(
+        used < Duration::from_millis(150),
+        "an idle guest used {used:?} of CPU in 300 ms"
+    );
+    vm.pause().unwrap();
+    vm.resume().unwrap();
+    assert_eq!(vm.stop().unwrap(), VmExit::Stopped);
+}
+
+fn process_cpu_time() -> Duration {
+    // utime + stime of this process, in clock ticks (fields 14 and 15).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after_comm
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+#[test]
 fn stop_ends_a_spinning_guest() {
     if !kvm_present() {
         return;

@@ -257,34 +257,61 @@ fn receive_inner(
     protocol::write_frame(rd.inner, Kind::Accept, &[]).map_err(MigrationError::Connection)?;
     rd.inner.flush().map_err(MigrationError::Connection)?;
 
+    // Pipeline: a reader thread pulls frames off the socket while this
+    // thread writes them into guest RAM (populating fresh RAM is the
+    // target's main cost), with at most 8 frames (32 MiB) in flight.
     let mut sink = VmSink::new(&vm, ours);
     let mut vcpus = Vec::new();
     let mut clock = None;
-    let source_sum = loop {
-        let f = read(&mut rd)?;
-        if protocol::apply_memory_frame(&f, &mut sink)? {
-            match f {
-                Frame::Pages { data, .. } => stats.pages += data.len() as u64 / PAGE_SIZE,
-                Frame::ZeroPages { count, .. } => stats.zero_pages += u64::from(count),
-                _ => {}
+    let unblock = rd
+        .inner
+        .try_clone_stream()
+        .map_err(MigrationError::Connection)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Frame, MigrationError>>(8);
+    let applied = std::thread::scope(|scope| {
+        let reader = &mut rd;
+        scope.spawn(move || loop {
+            let f = read(reader);
+            let last = matches!(f, Ok(Frame::Complete { .. }) | Err(_));
+            if tx.send(f).is_err() || last {
+                break;
             }
-            continue;
-        }
-        match f {
-            Frame::IterationDone { .. } => stats.iterations += 1,
-            Frame::VcpuState(bytes) => {
-                if vcpus.len() >= usize::from(layout.vcpus) {
-                    return Err(unexpected("Complete", &Frame::VcpuState(Vec::new())));
+        });
+        let result = (|| loop {
+            let f = rx.recv().map_err(|_| {
+                MigrationError::Connection(std::io::ErrorKind::UnexpectedEof.into())
+            })??;
+            if protocol::apply_memory_frame(&f, &mut sink)? {
+                match f {
+                    Frame::Pages { data, .. } => stats.pages += data.len() as u64 / PAGE_SIZE,
+                    Frame::ZeroPages { count, .. } => stats.zero_pages += u64::from(count),
+                    _ => {}
                 }
-                vcpus.push(VcpuState::from_bytes(&bytes).map_err(RuntimeError::from)?);
+                continue;
             }
-            Frame::Clock(bytes) => {
-                clock = Some(VmClockState::from_bytes(&bytes).map_err(RuntimeError::from)?)
+            match f {
+                Frame::IterationDone { .. } => stats.iterations += 1,
+                Frame::VcpuState(bytes) => {
+                    if vcpus.len() >= usize::from(layout.vcpus) {
+                        return Err(unexpected("Complete", &Frame::VcpuState(Vec::new())));
+                    }
+                    vcpus.push(VcpuState::from_bytes(&bytes).map_err(RuntimeError::from)?);
+                }
+                Frame::Clock(bytes) => {
+                    clock = Some(VmClockState::from_bytes(&bytes).map_err(RuntimeError::from)?)
+                }
+                Frame::Complete { checksum } => return Ok(checksum),
+                other => return Err(unexpected("memory, state or Complete", &other)),
             }
-            Frame::Complete { checksum } => break checksum,
-            other => return Err(unexpected("memory, state or Complete", &other)),
+        })();
+        if result.is_err() {
+            // Unblock the reader if it waits on the socket; it then exits.
+            let _ = unblock.shutdown();
         }
-    };
+        drop(rx);
+        result
+    });
+    let source_sum = applied?;
     let t0 = Instant::now();
     if vcpus.len() != usize::from(layout.vcpus) {
         return Err(MigrationError::Protocol(ProtocolError::Malformed(format!(
