@@ -136,7 +136,20 @@ fn migrate_once(bytes: u64, load: Load) -> Option<(f64, f64, u64)> {
         secret: b"bench".to_vec(),
         ..MigrationOptions::default()
     };
-    let stats = migrate(&vm, Box::new(s), &opts, &CancelHandle::new(), &|_| {});
+    let trace = std::env::var_os("VIRTKIT_BENCH_TRACE").is_some();
+    let t0 = Instant::now();
+    let stats = migrate(&vm, Box::new(s), &opts, &CancelHandle::new(), &|p| {
+        if trace {
+            eprintln!(
+                "  {:>8.3}s {:?} pass {} remaining {} sent {} MiB",
+                t0.elapsed().as_secs_f64(),
+                p.phase,
+                p.iteration,
+                p.remaining_pages,
+                p.bytes_sent >> 20
+            );
+        }
+    });
     let target = target.join().ok()?;
     match (stats, target) {
         (Ok(st), Ok(())) => Some((
@@ -179,18 +192,24 @@ fn whole_migrations(_c: &mut Criterion) {
             }
         }
     }
-    match qemu_migration(GIB) {
-        Some((total, downtime)) => {
-            println!("QEMU 1 GiB stopped VM: total {total:.3} s, downtime {downtime:.1} ms");
-            if let Some((ours, our_down, _)) = migrate_once(GIB, Load::IdleZero) {
+    for &size in &sizes {
+        match qemu_migration(size) {
+            Some((total, downtime)) => {
                 println!(
-                    "RATIO migration_1GiB_idle: virtkit {ours:.3} s (downtime {:.1} ms) vs QEMU {total:.3} s (downtime {downtime:.1} ms) = {:.2}x faster",
-                    our_down * 1e3,
-                    total / ours
+                    "QEMU {} GiB stopped VM: total {total:.3} s, downtime {downtime:.1} ms",
+                    size / GIB
                 );
+                if let Some((ours, our_down, _)) = migrate_once(size, Load::IdleZero) {
+                    println!(
+                        "RATIO migration_{}GiB_idle: virtkit {ours:.3} s (downtime {:.1} ms) vs QEMU {total:.3} s (downtime {downtime:.1} ms) = {:.2}x faster",
+                        size / GIB,
+                        our_down * 1e3,
+                        total / ours
+                    );
+                }
             }
+            None => println!("QEMU peer: qemu-system-x86_64 not available or failed; skipped"),
         }
-        None => println!("QEMU peer: qemu-system-x86_64 not available or failed; skipped"),
     }
 }
 
