@@ -13,7 +13,7 @@ use crate::model::MigrationError;
 use crate::protocol::{
     self, Frame, Kind, PageSink, ProtocolError, MIN_READABLE_VERSION, PAGE_SIZE, PROTOCOL_VERSION,
 };
-use crate::source::{auth_mac, memory_checksum, read_peer, unexpected};
+use crate::source::{auth_mac, memory_checksum, read_peer, read_peer_reusing, unexpected};
 use crate::transport::MigrationStream;
 
 /// What the source asked the destination to build.
@@ -215,7 +215,7 @@ fn receive_inner(
         .map_err(MigrationError::Connection)?;
     match read(&mut rd)? {
         Frame::Auth(tag) => {
-            if auth_mac(secret, &nonce, &hello_raw)
+            if auth_mac(secret, &nonce, &hello_raw)?
                 .verify_slice(&tag)
                 .is_err()
             {
@@ -268,10 +268,13 @@ fn receive_inner(
         .try_clone_stream()
         .map_err(MigrationError::Connection)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Frame, MigrationError>>(8);
+    // Page buffers go back to the reader for reuse: no allocation (and no
+    // freshly faulted pages) per frame.
+    let (recycle, reuse) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
     let applied = std::thread::scope(|scope| {
         let reader = &mut rd;
         scope.spawn(move || loop {
-            let f = read(reader);
+            let f = read_peer_reusing(reader, reuse.try_recv().unwrap_or_default());
             let last = matches!(f, Ok(Frame::Complete { .. }) | Err(_));
             if tx.send(f).is_err() || last {
                 break;
@@ -283,7 +286,10 @@ fn receive_inner(
             })??;
             if protocol::apply_memory_frame(&f, &mut sink)? {
                 match f {
-                    Frame::Pages { data, .. } => stats.pages += data.len() as u64 / PAGE_SIZE,
+                    Frame::Pages { data, .. } => {
+                        stats.pages += data.len() as u64 / PAGE_SIZE;
+                        let _ = recycle.try_send(data);
+                    }
                     Frame::ZeroPages { count, .. } => stats.zero_pages += u64::from(count),
                     _ => {}
                 }

@@ -327,6 +327,12 @@ fn fixed<T: FromBytes>(payload: &[u8], what: &str) -> Result<T, ProtocolError> {
 /// Read and validate one frame. Lengths are checked against the kind
 /// before any payload is read.
 pub fn read_frame(r: &mut dyn Read) -> Result<Frame, ProtocolError> {
+    read_frame_reusing(r, Vec::new())
+}
+
+/// [`read_frame`], reading a Pages frame's bytes into `spare` (a buffer
+/// of an earlier frame) so a steady stream allocates nothing.
+pub fn read_frame_reusing(r: &mut dyn Read, spare: Vec<u8>) -> Result<Frame, ProtocolError> {
     let mut hb = [0u8; std::mem::size_of::<FrameHeader>()];
     r.read_exact(&mut hb)?;
     let h: FrameHeader = fixed(&hb, "frame header")?;
@@ -356,6 +362,34 @@ pub fn read_frame(r: &mut dyn Read) -> Result<Frame, ProtocolError> {
         return Err(malformed(format!(
             "{kind:?} frame of {len} bytes exceeds {max}"
         )));
+    }
+    if kind == Kind::Pages {
+        // Header first, then the bytes straight into the reused buffer.
+        let n = std::mem::size_of::<PagesHeader>() as u64;
+        if len < n {
+            return Err(malformed("Pages payload too short"));
+        }
+        let mut hb = [0u8; std::mem::size_of::<PagesHeader>()];
+        r.read_exact(&mut hb)?;
+        let ph: PagesHeader = fixed(&hb, "Pages")?;
+        let count = ph.count.get();
+        if count == 0 || count > MAX_PAGES_PER_FRAME {
+            return Err(malformed(format!("Pages frame with {count} pages")));
+        }
+        if len - n != u64::from(count) * PAGE_SIZE {
+            return Err(malformed(format!(
+                "Pages frame declares {count} pages but carries {} bytes",
+                len - n
+            )));
+        }
+        let mut data = spare;
+        data.clear();
+        data.resize((len - n) as usize, 0);
+        r.read_exact(&mut data)?;
+        return Ok(Frame::Pages {
+            gpa: ph.gpa.get(),
+            data,
+        });
     }
     let payload = read_exact_vec(r, len)?;
     Ok(match kind {
@@ -398,29 +432,8 @@ pub fn read_frame(r: &mut dyn Read) -> Result<Frame, ProtocolError> {
         Kind::Commit => Frame::Commit,
         Kind::Reject => Frame::Reject(String::from_utf8_lossy(&payload).into_owned()),
         Kind::Cancel => Frame::Cancel(String::from_utf8_lossy(&payload).into_owned()),
-        Kind::Pages => {
-            let n = std::mem::size_of::<PagesHeader>();
-            if payload.len() < n {
-                return Err(malformed("Pages payload too short"));
-            }
-            let ph: PagesHeader = fixed(&payload[..n], "Pages")?;
-            let count = ph.count.get();
-            if count == 0 || count > MAX_PAGES_PER_FRAME {
-                return Err(malformed(format!("Pages frame with {count} pages")));
-            }
-            if (payload.len() - n) as u64 != u64::from(count) * PAGE_SIZE {
-                return Err(malformed(format!(
-                    "Pages frame declares {count} pages but carries {} bytes",
-                    payload.len() - n
-                )));
-            }
-            let mut data = payload;
-            data.drain(..n);
-            Frame::Pages {
-                gpa: ph.gpa.get(),
-                data,
-            }
-        }
+        // Decoded before the payload is read, above.
+        Kind::Pages => return Err(malformed("Pages frame decoded twice")),
         Kind::ZeroPages => {
             let ph: PagesHeader = fixed(&payload, "ZeroPages")?;
             if ph.count.get() == 0 {

@@ -76,14 +76,17 @@ pub struct Progress {
 }
 
 /// The HMAC the source proves the secret with.
-pub(crate) fn auth_mac(secret: &[u8], nonce: &[u8; 32], hello: &[u8]) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length, so this cannot fail.
+pub(crate) fn auth_mac(
+    secret: &[u8],
+    nonce: &[u8; 32],
+    hello: &[u8],
+) -> Result<Hmac<Sha256>, MigrationError> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        .map_err(|e| MigrationError::Precondition(format!("unusable secret: {e}")))?;
     mac.update(AUTH_CONTEXT);
     mac.update(nonce);
     mac.update(hello);
-    mac
+    Ok(mac)
 }
 
 /// xxh3 of all guest RAM, range by range.
@@ -362,7 +365,7 @@ fn run(
         Frame::Reject(r) => return Err(MigrationError::Rejected(r)),
         f => return Err(unexpected("Challenge", &f)),
     };
-    let mac = auth_mac(&s.opts.secret, &nonce, &hello)
+    let mac = auth_mac(&s.opts.secret, &nonce, &hello)?
         .finalize()
         .into_bytes();
     s.frame(Kind::Auth, &[&mac])?;
@@ -514,7 +517,15 @@ fn iteration_done(iteration: u32, pages: u64) -> Vec<u8> {
 /// Read the peer's next frame; its Cancel becomes `PeerCancelled`, a
 /// failed read `Connection`.
 pub(crate) fn read_peer(r: &mut dyn std::io::Read) -> Result<Frame, MigrationError> {
-    match protocol::read_frame(r) {
+    read_peer_reusing(r, Vec::new())
+}
+
+/// [`read_peer`] with a spare Pages buffer (see `read_frame_reusing`).
+pub(crate) fn read_peer_reusing(
+    r: &mut dyn std::io::Read,
+    spare: Vec<u8>,
+) -> Result<Frame, MigrationError> {
+    match protocol::read_frame_reusing(r, spare) {
         Ok(Frame::Cancel(reason)) => Err(MigrationError::PeerCancelled(reason)),
         Ok(f) => Ok(f),
         Err(protocol::ProtocolError::Io(e)) => Err(MigrationError::Connection(e)),
