@@ -382,8 +382,9 @@ pub fn read_frame_reusing(r: &mut dyn Read, spare: Vec<u8>) -> Result<Frame, Pro
                 len - n
             )));
         }
+        // A recycled buffer of the right length is overwritten as it is;
+        // clearing it first would be one more pass over every byte.
         let mut data = spare;
-        data.clear();
         data.resize((len - n) as usize, 0);
         r.read_exact(&mut data)?;
         return Ok(Frame::Pages {
