@@ -119,12 +119,7 @@ pub fn spin() -> Result<Payload, PayloadError> {
     a.set_label(&mut top)?;
     a.pause()?;
     a.jmp(top)?;
-    Ok(Payload {
-        code: a.assemble(0)?,
-        load_addr: LOAD_ADDR,
-        entry: real_mode_entry(),
-        min_memory: LOAD_ADDR + 0x1_0000,
-    })
+    real_mode(&mut a)
 }
 
 /// Real mode: `cli; hlt` forever — an idle guest. With the in-kernel
@@ -136,12 +131,7 @@ pub fn halt() -> Result<Payload, PayloadError> {
     a.cli()?;
     a.hlt()?;
     a.jmp(top)?;
-    Ok(Payload {
-        code: a.assemble(0)?,
-        load_addr: LOAD_ADDR,
-        entry: real_mode_entry(),
-        min_memory: LOAD_ADDR + 0x1_0000,
-    })
+    real_mode(&mut a)
 }
 
 /// Long mode: forever (or `iterations` times, then power off), increment
@@ -206,6 +196,16 @@ fn long_mode(a: &mut CodeAssembler, min_memory: u64) -> Result<Payload, PayloadE
             rsp: STACK_TOP,
         },
         min_memory,
+    })
+}
+
+/// Assemble 16-bit code at [`LOAD_ADDR`] (offset 0 of its segment).
+fn real_mode(a: &mut CodeAssembler) -> Result<Payload, PayloadError> {
+    Ok(Payload {
+        code: a.assemble(0)?,
+        load_addr: LOAD_ADDR,
+        entry: real_mode_entry(),
+        min_memory: LOAD_ADDR + 0x1_0000,
     })
 }
 

@@ -90,6 +90,26 @@ fn opts() -> MigrationOptions {
     }
 }
 
+/// Migrate `src` to a fresh target expecting failure; check that the
+/// target discarded everything and the source runs on. Returns the
+/// source's error and the target's.
+fn failed_migration(
+    src: &Vm,
+    target_secret: &'static [u8],
+    o: &MigrationOptions,
+    cancel: &CancelHandle,
+    progress: &dyn Fn(&virtkit_migration::source::Progress),
+) -> (MigrationError, MigrationError) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, target_secret);
+    let e = migrate(src, Box::new(a), o, cancel, progress).unwrap_err();
+    let Err(target_error) = target.join().unwrap() else {
+        panic!("the target must discard: {e}");
+    };
+    assert_source_unharmed(src);
+    (e, target_error)
+}
+
 fn assert_source_unharmed(vm: &Vm) {
     assert_eq!(vm.state(), RunState::Running);
     let c = counter(vm);
@@ -151,18 +171,18 @@ fn wrong_secret_is_refused_before_any_page() {
         return;
     }
     let src = source(16);
-    let (a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, b"another secret");
-    let e = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+    let (e, t) = failed_migration(
+        &src,
+        b"another secret",
+        &opts(),
+        &CancelHandle::new(),
+        &|_| {},
+    );
     assert!(
         matches!(&e, MigrationError::Rejected(r) if r.contains("authentication failed")),
         "{e}"
     );
-    assert!(matches!(
-        target.join().unwrap(),
-        Err(MigrationError::Rejected(_))
-    ));
-    assert_source_unharmed(&src);
+    assert!(matches!(t, MigrationError::Rejected(_)), "{t}");
 }
 
 #[test]
@@ -234,8 +254,6 @@ fn cancel_during_precopy_leaves_the_source_running() {
         return;
     }
     let src = source(256);
-    let (a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, SECRET);
     let cancel = CancelHandle::new();
     let c2 = cancel.clone();
     let o = MigrationOptions {
@@ -246,14 +264,9 @@ fn cancel_during_precopy_leaves_the_source_running() {
         std::thread::sleep(Duration::from_millis(300));
         c2.cancel();
     });
-    let e = migrate(&src, Box::new(a), &o, &cancel, &|_| {}).unwrap_err();
+    let (e, _) = failed_migration(&src, SECRET, &o, &cancel, &|_| {});
     canceller.join().unwrap();
     assert!(matches!(e, MigrationError::Cancelled), "{e}");
-    assert!(
-        target.join().unwrap().is_err(),
-        "the target discards everything"
-    );
-    assert_source_unharmed(&src);
 }
 
 /// A stream whose link drops when the source starts writing a frame of
@@ -331,8 +344,6 @@ fn low_bandwidth_for_the_dirty_rate_hits_the_progress_timeout() {
         return;
     }
     let src = source(512);
-    let (a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, SECRET);
     let o = MigrationOptions {
         bandwidth_bytes_per_sec: 4 << 20,
         max_downtime: Duration::from_millis(1),
@@ -341,11 +352,9 @@ fn low_bandwidth_for_the_dirty_rate_hits_the_progress_timeout() {
         ..opts()
     };
     let t = Instant::now();
-    let e = migrate(&src, Box::new(a), &o, &CancelHandle::new(), &|_| {}).unwrap_err();
+    let (e, _) = failed_migration(&src, SECRET, &o, &CancelHandle::new(), &|_| {});
     assert!(matches!(e, MigrationError::ProgressTimeout(_)), "{e}");
     assert!(t.elapsed() >= Duration::from_secs(2));
-    assert!(target.join().unwrap().is_err());
-    assert_source_unharmed(&src);
 }
 
 #[test]
@@ -355,8 +364,6 @@ fn completion_timeout_and_non_convergence_policies() {
     }
     // completionTimeoutPerGiB = 1 s on an 8 MiB guest → 1 s.
     let src = source(512);
-    let (a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, SECRET);
     let o = MigrationOptions {
         bandwidth_bytes_per_sec: 4 << 20,
         max_downtime: Duration::from_millis(1),
@@ -364,29 +371,23 @@ fn completion_timeout_and_non_convergence_policies() {
         max_iterations: 1000,
         ..opts()
     };
-    let e = migrate(&src, Box::new(a), &o, &CancelHandle::new(), &|_| {}).unwrap_err();
+    let (e, _) = failed_migration(&src, SECRET, &o, &CancelHandle::new(), &|_| {});
     assert!(matches!(e, MigrationError::CompletionTimeout(_)), "{e}");
-    assert!(target.join().unwrap().is_err());
-    assert_source_unharmed(&src);
 
     // Abort after 2 passes that do not converge. The cap makes each pass
     // last long enough (~0.25 s) for the guest to dirty pages even on a
     // loaded machine; an empty dirty set would legitimately converge.
-    let (a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, SECRET);
     let o = MigrationOptions {
         bandwidth_bytes_per_sec: 8 << 20,
         max_downtime: Duration::ZERO,
         max_iterations: 2,
         ..opts()
     };
-    let e = migrate(&src, Box::new(a), &o, &CancelHandle::new(), &|_| {}).unwrap_err();
+    let (e, _) = failed_migration(&src, SECRET, &o, &CancelHandle::new(), &|_| {});
     assert!(
         matches!(e, MigrationError::NotConverging { iterations: 2, .. }),
         "{e}"
     );
-    assert!(target.join().unwrap().is_err());
-    assert_source_unharmed(&src);
 
     // ForceSwitchover completes anyway.
     let (a, b) = UnixStream::pair().unwrap();
@@ -413,34 +414,20 @@ fn cancel_in_each_phase_leaves_the_source_running() {
         MigrationPhase::Running,
     ] {
         let src = source(64);
-        let (a, b) = UnixStream::pair().unwrap();
-        let target = spawn_target(b, SECRET);
         let cancel = CancelHandle::new();
         let c2 = cancel.clone();
-        let e = migrate(&src, Box::new(a), &opts(), &cancel, &|p| {
+        let (e, _) = failed_migration(&src, SECRET, &opts(), &cancel, &|p| {
             if p.phase == phase {
                 c2.cancel();
             }
-        })
-        .unwrap_err();
+        });
         assert!(matches!(e, MigrationError::Cancelled), "{phase:?}: {e}");
-        assert!(
-            target.join().unwrap().is_err(),
-            "{phase:?}: target discards"
-        );
-        assert_source_unharmed(&src);
         src.stop().unwrap();
     }
     // A handle cancelled before the start never touches the target.
     let src = source(16);
-    let (a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, SECRET);
     let cancel = CancelHandle::new();
     cancel.cancel();
-    assert!(matches!(
-        migrate(&src, Box::new(a), &opts(), &cancel, &|_| {}),
-        Err(MigrationError::Cancelled)
-    ));
-    assert!(target.join().unwrap().is_err());
-    assert_source_unharmed(&src);
+    let (e, _) = failed_migration(&src, SECRET, &opts(), &cancel, &|_| {});
+    assert!(matches!(e, MigrationError::Cancelled), "{e}");
 }
