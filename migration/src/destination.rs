@@ -273,8 +273,19 @@ fn receive_inner(
     let (recycle, reuse) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
     let applied = std::thread::scope(|scope| {
         let reader = &mut rd;
+        let vm_ref = &vm;
+        let layout = &layout;
         scope.spawn(move || loop {
             let f = read_peer_reusing(reader, reuse.try_recv().unwrap_or_default());
+            // Populate the target pages here, while the applier copies the
+            // previous frame: the kernel's page clearing then runs on this
+            // thread instead of inside the applier's copy.
+            if let Ok(Frame::Pages { gpa, data }) = &f {
+                let pages = (data.len() as u64 / PAGE_SIZE) as u32;
+                if protocol::check_pages(&layout.ranges, *gpa, pages).is_ok() {
+                    vm_ref.prefault(*gpa, data.len() as u64);
+                }
+            }
             let last = matches!(f, Ok(Frame::Complete { .. }) | Err(_));
             if tx.send(f).is_err() || last {
                 break;
