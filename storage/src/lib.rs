@@ -3,15 +3,20 @@
 //! **Status:** the first slice of issue 4 — image format detection by magic
 //! bytes ([`format`]), a qcow2 v2/v3 reader ([`qcow2`]) and conversion of
 //! raw/ISO/qcow2 files into sparse raw images ([`convert`]), checked
-//! byte-for-byte against `qemu-img convert -O raw`. Import sources (HTTP,
-//! registry, upload, clone, blank), decompression, archives, scratch space
-//! and DataVolume phases are not implemented yet.
+//! byte-for-byte against `qemu-img convert -O raw`; blank images
+//! ([`blank`]); the seed's support matrix and scratch reasons
+//! ([`matrix`]). Import sources (HTTP, registry, upload, clone),
+//! decompression, archives, scratch space and DataVolume phases are not
+//! implemented yet.
 
+pub mod blank;
 pub mod convert;
 pub mod format;
 pub mod fuzzing;
+pub mod matrix;
 pub mod qcow2;
 
+pub use blank::create_blank;
 pub use convert::{convert_to_raw, ConvertOptions, ConvertReport};
 pub use format::{detect, Format};
 

@@ -395,3 +395,36 @@ fn progress_reaches_the_total() {
     assert_eq!(total, std::fs::metadata(&raw).unwrap().len());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn blank_image_is_sparse_raw_of_exactly_the_request() {
+    if !qemu_img() {
+        return;
+    }
+    let d = dir("blank");
+    let p = d.join("blank.raw");
+    // The seed's example: 500Mi.
+    virtkit_storage::create_blank(&p, 524_288_000).unwrap();
+    let m = std::fs::metadata(&p).unwrap();
+    assert_eq!(m.len(), 524_288_000);
+    assert_eq!(m.blocks(), 0, "no blocks allocated");
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["format"], "raw");
+    assert_eq!(info["virtual-size"], 524_288_000u64);
+    assert!(
+        matches!(
+            virtkit_storage::create_blank(&p, 1),
+            Err(ImageError::Target(_))
+        ),
+        "never overwrites"
+    );
+    assert!(matches!(
+        virtkit_storage::create_blank(&d.join("z.raw"), 0),
+        Err(ImageError::Target(_))
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+}
