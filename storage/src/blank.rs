@@ -2,9 +2,9 @@
 //! sparse file (no blocks allocated), created under a temporary name and
 //! renamed into place.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 
+use crate::partial::PartialFile;
 use crate::ImageError;
 
 /// Create a sparse raw image of `size` bytes at `dst` (which must not
@@ -21,27 +21,5 @@ pub fn create_blank(dst: &Path, size: u64) -> Result<(), ImageError> {
             dst.display()
         )));
     }
-    let dir = dst
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dst
-        .file_name()
-        .ok_or_else(|| ImageError::Target(format!("{} is not a file path", dst.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.virtkit-partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.set_len(size)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dst)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ImageError::Io(e));
-    }
-    Ok(())
+    PartialFile::create(dst, size)?.commit()
 }

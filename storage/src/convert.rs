@@ -2,15 +2,15 @@
 //! left as holes, the result is grown to the requested size, and it appears
 //! under its final name only when complete (write to a temporary name in
 //! the same directory, fsync, rename). A failed or cancelled conversion
-//! leaves no target behind.
+//! leaves no target behind (`partial.rs`).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::format::{detect, Format, DETECT_LEN};
+use crate::partial::PartialFile;
 use crate::qcow2::{Cluster, Qcow2, ReadAt};
 use crate::ImageError;
 
@@ -37,24 +37,13 @@ pub struct ConvertReport {
     pub data_bytes: u64,
 }
 
-/// Removes the temporary file unless disarmed.
-struct Partial(Option<PathBuf>);
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// Write the non-zero 4 KiB blocks of `data` at guest offset `at`
 /// (clipped to `limit`), coalescing adjacent ones; returns bytes written.
 fn write_nonzero(out: &File, data: &[u8], at: u64, limit: u64) -> Result<u64, ImageError> {
     let data = &data[..data.len().min(limit.saturating_sub(at) as usize)];
     let mut written = 0u64;
     let mut start: Option<usize> = None;
-    let blocks: Vec<&[u8]> = data.chunks(4096).collect();
-    for (k, block) in blocks.iter().enumerate() {
+    for (k, block) in data.chunks(4096).enumerate() {
         let zero = is_zero(block);
         match (zero, start) {
             (false, None) => start = Some(k),
@@ -113,25 +102,8 @@ pub fn convert_to_raw(
         Some(t) => t,
         None => virtual_size,
     };
-    let dir = dst
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dst
-        .file_name()
-        .ok_or_else(|| ImageError::Target(format!("{} is not a file path", dst.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.virtkit-partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut guard = Partial(Some(tmp.clone()));
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(ImageError::Io)?;
-    out.set_len(output_size).map_err(ImageError::Io)?;
+    let partial = PartialFile::create(dst, output_size)?;
+    let out = partial.file();
     let cancelled = || opts.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
     let mut data_bytes = 0u64;
     match &qcow {
@@ -152,7 +124,7 @@ pub fn convert_to_raw(
                     Cluster::Compressed(..) => {
                         let one = &mut buf[..cs as usize];
                         q.read_cluster(i, one, &mut l2, &mut scratch)?;
-                        data_bytes += write_nonzero(&out, one, i * cs, virtual_size)?;
+                        data_bytes += write_nonzero(out, one, i * cs, virtual_size)?;
                         1
                     }
                     Cluster::Data(host) => {
@@ -166,7 +138,7 @@ pub fn convert_to_raw(
                         }
                         let bytes = (n * cs) as usize;
                         q.read_data(host, &mut buf[..bytes])?;
-                        data_bytes += write_nonzero(&out, &buf[..bytes], i * cs, virtual_size)?;
+                        data_bytes += write_nonzero(out, &buf[..bytes], i * cs, virtual_size)?;
                         n
                     }
                 };
@@ -185,17 +157,13 @@ pub fn convert_to_raw(
                 input
                     .read_exact_at(&mut buf[..n], off)
                     .map_err(ImageError::Io)?;
-                data_bytes += write_nonzero(&out, &buf[..n], off, len)?;
+                data_bytes += write_nonzero(out, &buf[..n], off, len)?;
                 off += n as u64;
                 progress(off, len);
             }
         }
     }
-    let mut out = out;
-    out.flush().map_err(ImageError::Io)?;
-    out.sync_all().map_err(ImageError::Io)?;
-    std::fs::rename(&tmp, dst).map_err(ImageError::Io)?;
-    guard.0 = None;
+    partial.commit()?;
     Ok(ConvertReport {
         format,
         virtual_size,

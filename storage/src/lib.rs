@@ -14,6 +14,7 @@ pub mod convert;
 pub mod format;
 pub mod fuzzing;
 pub mod matrix;
+mod partial;
 pub mod qcow2;
 
 pub use blank::create_blank;
