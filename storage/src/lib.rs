@@ -1,7 +1,7 @@
 //! virtkit-storage: CDI-style disk image handling.
 //!
 //! **Status:** the first slice of issue 4 — image format detection by magic
-//! bytes ([`format`]), a qcow2 v2/v3 reader ([`qcow2`]) and conversion of
+//! bytes ([`format`](mod@format)), a qcow2 v2/v3 reader ([`qcow2`]) and conversion of
 //! raw/ISO/qcow2 files into sparse raw images ([`convert`]), checked
 //! byte-for-byte against `qemu-img convert -O raw`; blank images
 //! ([`blank`]); the seed's support matrix and scratch reasons

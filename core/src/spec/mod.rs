@@ -5,7 +5,7 @@
 //! - Every struct is `#[serde(default)]`: a missing required field parses as
 //!   empty and is reported by [`crate::validate`] with its path, together
 //!   with every other problem, instead of stopping the parse at the first one.
-//! - Enumerated strings are [`string_enum!`] types with an `Unknown(String)`
+//! - Enumerated strings are [`string_enum!`](crate::string_enum) types with an `Unknown(String)`
 //!   variant for the same reason; numbers that have ranges are `i64`.
 //! - Unknown fields are not stored in the structs; [`crate::document`]
 //!   collects them with their paths (strict mode reports them, lenient mode
