@@ -67,6 +67,23 @@ fn source_raw(d: &Path) -> PathBuf {
     p
 }
 
+/// A directory with the source raw image and a default qcow2 of it.
+fn qcow2_fixture(name: &str, qcow2: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let d = dir(name);
+    let raw = source_raw(&d);
+    let q = d.join(qcow2);
+    run(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    (d, raw, q)
+}
+
 fn assert_same(ours: &Path, oracle: &Path) {
     let a = std::fs::read(ours).unwrap();
     let b = std::fs::read(oracle).unwrap();
@@ -196,18 +213,7 @@ fn resize_to_the_requested_size_and_refuse_too_small_targets() {
     if !qemu_img() {
         return;
     }
-    let d = dir("resize");
-    let raw = source_raw(&d);
-    let q = d.join("r.qcow2");
-    run(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let (d, raw, q) = qcow2_fixture("resize", "r.qcow2");
     let ours = d.join("big.raw");
     let r = convert_to_raw(
         &q,
@@ -255,18 +261,7 @@ fn faults_are_typed_errors_without_a_half_written_target() {
     if !qemu_img() {
         return;
     }
-    let d = dir("faults");
-    let raw = source_raw(&d);
-    let q = d.join("good.qcow2");
-    run(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let (d, raw, q) = qcow2_fixture("faults", "good.qcow2");
 
     // Backing file.
     let overlay = d.join("overlay.qcow2");
@@ -366,18 +361,7 @@ fn progress_reaches_the_total() {
     if !qemu_img() {
         return;
     }
-    let d = dir("progress");
-    let raw = source_raw(&d);
-    let q = d.join("p.qcow2");
-    run(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let (d, raw, q) = qcow2_fixture("progress", "p.qcow2");
     let last = std::sync::Mutex::new((0u64, 0u64));
     convert_to_raw(
         &q,
