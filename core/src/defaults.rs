@@ -65,7 +65,8 @@ pub fn apply(obj: &mut Object) {
         | Object::VirtualMachineInstanceMigration(_)
         | Object::VirtualMachineInstancePreset(_)
         | Object::CdiConfig(_)
-        | Object::ConfigMap(_) => {}
+        | Object::ConfigMap(_)
+        | Object::Secret(_) => {}
     }
 }
 

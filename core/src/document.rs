@@ -13,7 +13,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::spec::cluster::{ConfigMap, HyperConverged};
+use crate::spec::cluster::{ConfigMap, HyperConverged, Secret};
 use crate::spec::datavolume::{CdiConfig, DataVolume};
 use crate::spec::network::{NetworkAttachmentDefinition, SriovNetwork, SriovNetworkNodePolicy};
 use crate::spec::vm::{
@@ -58,6 +58,8 @@ pub enum Object {
     HyperConverged(HyperConverged),
     /// `ConfigMap` (e.g. `kubevirt-config`).
     ConfigMap(ConfigMap),
+    /// `Secret` (import credentials).
+    Secret(Secret),
 }
 
 /// The kinds this crate parses.
@@ -73,6 +75,7 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "SriovNetwork",
     "HyperConverged",
     "ConfigMap",
+    "Secret",
 ];
 
 impl Object {
@@ -90,6 +93,7 @@ impl Object {
             Object::SriovNetwork(_) => "SriovNetwork",
             Object::HyperConverged(_) => "HyperConverged",
             Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
         }
     }
 
@@ -107,6 +111,7 @@ impl Object {
             Object::SriovNetwork(o) => &o.metadata,
             Object::HyperConverged(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
         };
         m.name.as_deref()
     }
@@ -124,6 +129,7 @@ impl Object {
             Object::SriovNetwork(o) => serde_json::to_value(o),
             Object::HyperConverged(o) => serde_json::to_value(o),
             Object::ConfigMap(o) => serde_json::to_value(o),
+            Object::Secret(o) => serde_json::to_value(o),
         }
     }
 }
@@ -294,6 +300,7 @@ pub fn parse_value(value: Value, index: usize, mode: Mode) -> Result<Document, P
         "SriovNetwork" => Object::SriovNetwork(typed(&value, &mut unknown, index)?),
         "HyperConverged" => Object::HyperConverged(typed(&value, &mut unknown, index)?),
         "ConfigMap" => Object::ConfigMap(typed(&value, &mut unknown, index)?),
+        "Secret" => Object::Secret(typed(&value, &mut unknown, index)?),
         "VirtualMachineInstanceReplicaSet" => return Err(err(
             "kind",
             "VirtualMachineInstanceReplicaSet is not supported (VM replica sets are unsupported)"

@@ -504,6 +504,32 @@ fn datavolume_rules_each_report_their_path() {
 }
 
 #[test]
+fn secret_with_bad_base64_names_the_key_never_the_value() {
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "endpoint-secret", "namespace": "ns",
+                     "labels": {"app": "containerized-data-importer"}},
+        "data": {"accessKeyId": "dXNlcg==", "secretKey": "not base64 hunter2!"}});
+    let r = report(secret.clone());
+    let text = format!("{r:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert_error(secret, "data.secretKey", "not valid base64");
+    let doc = parse_value(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+               "data": {"accessKeyId": "dXNlcg=="}, "stringData": {"secretKey": "pw"}}),
+        0,
+        Mode::Strict,
+    )
+    .unwrap();
+    let virtkit_core::document::Object::Secret(s) = &doc.object else {
+        panic!("not a Secret")
+    };
+    assert_eq!(s.value("accessKeyId").unwrap(), Some(b"user".to_vec()));
+    assert_eq!(s.value("secretKey").unwrap(), Some(b"pw".to_vec()));
+    assert_eq!(s.value("other").unwrap(), None);
+    assert!(!format!("{s:?}").contains("dXNlcg"), "Debug shows no value");
+}
+
+#[test]
 fn network_object_rules() {
     let nad = |config: &str| {
         json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",

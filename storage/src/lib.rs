@@ -9,13 +9,17 @@
 //! decompression, archives, scratch space and DataVolume phases are not
 //! implemented yet.
 
+pub mod archive;
 pub mod blank;
 pub mod convert;
 pub mod format;
 pub mod fuzzing;
+pub mod import;
 pub mod matrix;
 mod partial;
 pub mod qcow2;
+pub mod upload;
+mod write;
 
 pub use blank::create_blank;
 pub use convert::{convert_to_raw, ConvertOptions, ConvertReport};

@@ -15,57 +15,8 @@ use std::sync::atomic::AtomicBool;
 
 use virtkit_storage::{convert_to_raw, ConvertOptions, Format, ImageError};
 
-fn qemu_img() -> bool {
-    let ok = Command::new("qemu-img").arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("SKIP: qemu-img is not installed (Debian package qemu-utils)");
-    }
-    ok
-}
-
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("virtkit-storage-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A 24 MiB + 2.5 KiB raw image: data regions, holes, an explicitly
-/// written zero region, data in the last partial cluster.
-fn source_raw(d: &Path) -> PathBuf {
-    use std::os::unix::fs::FileExt;
-    let p = d.join("src.raw");
-    let f = std::fs::File::create(&p).unwrap();
-    let size = (24u64 << 20) + 2560;
-    f.set_len(size).unwrap();
-    let mut seed = 0x1234_5678u32;
-    let mut data = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                (seed >> 24) as u8
-            })
-            .collect()
-    };
-    f.write_all_at(&data(1 << 20), 0).unwrap();
-    f.write_all_at(&data(70_000), 5 << 20).unwrap();
-    f.write_all_at(&vec![0u8; 2 << 20], 8 << 20).unwrap();
-    f.write_all_at(&data(3 << 20), 13 << 20).unwrap();
-    f.write_all_at(&data(2560 + 4096), size - 2560 - 4096)
-        .unwrap();
-    p
-}
+mod common;
+use common::{assert_same, dir, qemu_img, run, source_raw};
 
 /// A directory with the source raw image and a default qcow2 of it.
 fn qcow2_fixture(name: &str, qcow2: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -82,15 +33,6 @@ fn qcow2_fixture(name: &str, qcow2: &str) -> (PathBuf, PathBuf, PathBuf) {
         q.to_str().unwrap(),
     ]);
     (d, raw, q)
-}
-
-fn assert_same(ours: &Path, oracle: &Path) {
-    let a = std::fs::read(ours).unwrap();
-    let b = std::fs::read(oracle).unwrap();
-    assert_eq!(a.len(), b.len(), "sizes differ");
-    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
-        panic!("first difference at byte {i}");
-    }
 }
 
 fn convert(src: &Path, dst: &Path) -> Result<virtkit_storage::ConvertReport, ImageError> {

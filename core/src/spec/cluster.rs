@@ -368,6 +368,63 @@ pub struct ConfigMap {
     pub data: BTreeMap<String, String>,
 }
 
+/// `kind: Secret` (`v1`): credentials for an import (`accessKeyId`,
+/// `secretKey`), an upload token, or any other map. `data` values are
+/// base64 as Kubernetes stores them; `stringData` values are plain.
+/// `Debug` prints the keys only, never a value.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Secret {
+    /// `v1`.
+    pub api_version: String,
+    /// `Secret`.
+    pub kind: String,
+    /// Name and namespace.
+    pub metadata: ObjectMeta,
+    /// `Opaque` for CDI credentials.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub secret_type: Option<String>,
+    /// Base64-encoded values.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Plain values (win over `data` for the same key, as in Kubernetes).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub string_data: BTreeMap<String, String>,
+}
+
+impl Secret {
+    /// The decoded value under `key`: `stringData` first, then `data`
+    /// (base64). `Err` names the key that is not valid base64 (ST-9),
+    /// never its content.
+    pub fn value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine as _;
+        if let Some(v) = self.string_data.get(key) {
+            return Ok(Some(v.clone().into_bytes()));
+        }
+        match self.data.get(key) {
+            None => Ok(None),
+            Some(v) => base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .map(Some)
+                .map_err(|_| format!("data.{key} is not valid base64")),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.secret_type)
+            .field("data_keys", &self.data.keys().collect::<Vec<_>>())
+            .field(
+                "string_data_keys",
+                &self.string_data.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 /// The name of KubeVirt's settings ConfigMap.
 pub const KUBEVIRT_CONFIG_NAME: &str = "kubevirt-config";
 

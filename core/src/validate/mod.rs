@@ -42,6 +42,7 @@ pub fn validate_object(obj: &Object) -> Report {
         Object::SriovNetwork(o) => objects::sriov_network(o, &mut r),
         Object::HyperConverged(o) => objects::hyperconverged(o, &mut r),
         Object::ConfigMap(o) => objects::config_map(o, &mut r),
+        Object::Secret(o) => objects::secret(o, &mut r),
     }
     r
 }

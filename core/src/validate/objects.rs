@@ -8,7 +8,7 @@ use super::syntax::{
 use super::vmi::validate_vmi_spec;
 use super::{Report, P};
 use crate::spec::cluster::{
-    CertConfig, CertRotation, ConfigMap, GoDuration, HyperConverged, MigrationConfig,
+    CertConfig, CertRotation, ConfigMap, GoDuration, HyperConverged, MigrationConfig, Secret,
     KUBEVIRT_CONFIG_NAME,
 };
 use crate::spec::datavolume::{ContentType, DataVolume, DataVolumeSpec, VolumeMode};
@@ -779,6 +779,20 @@ pub fn cert_config(c: &CertConfig, p: &P, r: &mut Report) {
 pub(super) fn cdi_config(c: &crate::spec::datavolume::CdiConfig, r: &mut Report) {
     api_version(&c.api_version, crate::spec::datavolume::CDI_API_VERSIONS, r);
     named(&c.metadata, r);
+}
+
+pub(super) fn secret(secret: &Secret, r: &mut Report) {
+    api_version(&secret.api_version, &["v1"], r);
+    named(&secret.metadata, r);
+    for key in secret.data.keys() {
+        if secret.value(key).is_err() {
+            // ST-9: the key is named, the value never is.
+            r.error(
+                P::root("data").field(key),
+                "is not valid base64 (the value is not shown)",
+            );
+        }
+    }
 }
 
 pub(super) fn config_map(cm: &ConfigMap, r: &mut Report) {
