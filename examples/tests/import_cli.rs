@@ -36,22 +36,51 @@ fn clone_blank_and_failure() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("phase: Succeeded"), "{stdout}");
     assert!(stderr.contains("CloneInProgress"), "{stderr}");
-    assert_eq!(std::fs::read(d.join("t.img")).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(
+        std::fs::read(d.join("t.img")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
 
     std::fs::write(&dv, "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: b}\nspec:\n  source: {blank: {}}\n  pvc: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 500Mi}}}\n").unwrap();
-    let out = bin().arg("--datavolume").arg(&dv).arg("--target").arg(d.join("b.img")).arg("--json").output().unwrap();
+    let out = bin()
+        .arg("--datavolume")
+        .arg(&dv)
+        .arg("--target")
+        .arg(d.join("b.img"))
+        .arg("--json")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    let first = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_string();
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!(v["target_size"], 524_288_000u64);
 
     std::fs::write(&dv, "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: x, namespace: ns}\nspec:\n  source: {http: {url: \"http://127.0.0.1:1/disk.img\"}}\n  pvc: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Mi}}}\n").unwrap();
-    let out = bin().arg("--datavolume").arg(&dv).arg("--target").arg(d.join("x.img")).output().unwrap();
+    let out = bin()
+        .arg("--datavolume")
+        .arg(&dv)
+        .arg("--target")
+        .arg(d.join("x.img"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("phase: Failed (TransferFailed)"), "{stdout}");
+    assert!(
+        stdout.contains("phase: Failed (TransferFailed)"),
+        "{stdout}"
+    );
     assert!(!d.join("x.img").exists());
     // An unreadable DataVolume is a usage error.
-    let out = bin().arg("--datavolume").arg(d.join("missing.yaml")).arg("--target").arg(d.join("y")).output().unwrap();
+    let out = bin()
+        .arg("--datavolume")
+        .arg(d.join("missing.yaml"))
+        .arg("--target")
+        .arg(d.join("y"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

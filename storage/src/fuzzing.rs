@@ -24,3 +24,32 @@ pub fn qcow2(data: &[u8]) {
         }
     }
 }
+
+/// Read arbitrary bytes as a tar and check every entry's path and link.
+/// Whatever [`check_entry`](crate::archive::check_entry) lets through
+/// must stay inside the root: checked again here by a plain walk.
+pub fn tar_paths(data: &[u8]) {
+    use std::path::Component;
+    let mut archive = tar::Archive::new(data);
+    let Ok(entries) = archive.entries() else {
+        return;
+    };
+    for entry in entries.take(256) {
+        let Ok(entry) = entry else { return };
+        let Ok(path) = entry.path() else { continue };
+        let kind = entry.header().entry_type();
+        let link = entry.link_name().ok().flatten();
+        if crate::archive::check_entry(&path, kind, link.as_deref()).is_ok() {
+            let mut depth = 0i64;
+            for c in path.components() {
+                match c {
+                    Component::Normal(_) => depth += 1,
+                    Component::ParentDir => depth -= 1,
+                    Component::CurDir => {}
+                    Component::RootDir | Component::Prefix(_) => depth = -1000,
+                }
+                assert!(depth >= 0, "accepted an escaping path: {}", path.display());
+            }
+        }
+    }
+}

@@ -1,13 +1,11 @@
-//! virtkit-storage: CDI-style disk image handling.
+//! virtkit-storage: CDI-style disk image import.
 //!
-//! **Status:** the first slice of issue 4 — image format detection by magic
-//! bytes ([`format`](mod@format)), a qcow2 v2/v3 reader ([`qcow2`]) and conversion of
-//! raw/ISO/qcow2 files into sparse raw images ([`convert`]), checked
-//! byte-for-byte against `qemu-img convert -O raw`; blank images
-//! ([`blank`]); the seed's support matrix and scratch reasons
-//! ([`matrix`]). Import sources (HTTP, registry, upload, clone),
-//! decompression, archives, scratch space and DataVolume phases are not
-//! implemented yet.
+//! [`import::import`] runs a DataVolume (http, registry, pvc clone, blank)
+//! against a target; [`upload::UploadServer`] feeds upload DataVolumes.
+//! Underneath: format detection by magic bytes ([`format`](mod@format)), a
+//! qcow2 v2/v3 reader ([`qcow2`]), sparse conversion to raw ([`convert`]),
+//! safe tar extraction ([`archive`]), and the seed's support matrix and
+//! scratch reasons ([`matrix`]).
 
 pub mod archive;
 pub mod blank;

@@ -1,4 +1,5 @@
-//! Replays the storage fuzz corpora (format detection, qcow2 reader) and
+//! Replays the storage fuzz corpora (format detection, qcow2 reader, tar
+//! entry paths) and
 //! any committed crashes.
 
 use std::path::Path;
@@ -29,4 +30,9 @@ fn detect_corpus() {
 #[test]
 fn qcow2_corpus() {
     replay("qcow2", virtkit_storage::fuzzing::qcow2);
+}
+
+#[test]
+fn tar_paths_corpus() {
+    replay("tar_paths", virtkit_storage::fuzzing::tar_paths);
 }

@@ -19,7 +19,10 @@ use virtkit_core::spec::cluster::{ConfigMap, Secret};
 use virtkit_storage::import::{import, ImportError, ImportOptions, Objects, ScratchSpace};
 
 fn layer_with(name: &str, data: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Directory);
     h.set_path("disk/").unwrap();
@@ -37,7 +40,10 @@ fn layer_with(name: &str, data: &[u8]) -> Vec<u8> {
 }
 
 fn push(port: u16, ca_pem: &str, repo: &str, layer: Vec<u8>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = Client::new(ClientConfig {
         extra_root_certificates: vec![oci_client::client::Certificate {
             encoding: oci_client::client::CertificateEncoding::Pem,
@@ -47,13 +53,19 @@ fn push(port: u16, ca_pem: &str, repo: &str, layer: Vec<u8>) {
     });
     let reference: Reference = format!("localhost:{port}/{repo}:latest").parse().unwrap();
     let config = Config::new(
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec(),
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec(),
         "application/vnd.oci.image.config.v1+json".into(),
         None,
     );
-    let layers = [ImageLayer::new(layer, "application/vnd.oci.image.layer.v1.tar+gzip".into(), None)];
+    let layers = [ImageLayer::new(
+        layer,
+        "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        None,
+    )];
     let auth = RegistryAuth::Basic("pusher".into(), "push-pw".into());
-    rt.block_on(client.push(&reference, &layers, config, &auth, None)).unwrap();
+    rt.block_on(client.push(&reference, &layers, config, &auth, None))
+        .unwrap();
 }
 
 fn registry_dv(url: &str, extra: &str) -> virtkit_core::spec::datavolume::DataVolume {
@@ -82,7 +94,10 @@ fn objects(ca_pem: &str, password: &str) -> Objects {
 
 #[test]
 fn containerdisk_from_a_tls_registry_with_auth() {
-    if !qemu_img() || !Path::new("/usr/bin/docker-registry").exists() || !have("htpasswd", "apache2-utils") {
+    if !qemu_img()
+        || !Path::new("/usr/bin/docker-registry").exists()
+        || !have("htpasswd", "apache2-utils")
+    {
         eprintln!("SKIP: needs qemu-img, docker-registry and htpasswd");
         return;
     }
@@ -92,7 +107,10 @@ fn containerdisk_from_a_tls_registry_with_auth() {
     let ca = TestCa::new();
     std::fs::write(d.join("server.pem"), &ca.cert_pem).unwrap();
     std::fs::write(d.join("server.key"), &ca.key_pem).unwrap();
-    sh(&format!("htpasswd -Bbn pusher push-pw > {}/htpasswd", d.display()));
+    sh(&format!(
+        "htpasswd -Bbn pusher push-pw > {}/htpasswd",
+        d.display()
+    ));
     let port = free_port();
     let conf = format!(
         "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {w}/data}}}}\nhttp:\n  addr: 127.0.0.1:{port}\n  tls: {{certificate: {w}/server.pem, key: {w}/server.key}}\nauth:\n  htpasswd: {{realm: virtkit, path: {w}/htpasswd}}\n",
@@ -111,9 +129,20 @@ fn containerdisk_from_a_tls_registry_with_auth() {
     wait_port(port);
     let raw = source_raw(&d);
     let q = d.join("disk.qcow2");
-    run(&["convert", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+    run(&[
+        "convert",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
     let expected = oracle(&raw, &d.join("oracle.raw"), 32 << 20);
-    push(port, &ca.ca_pem, "vm/fedora", layer_with("disk/disk.qcow2", &std::fs::read(&q).unwrap()));
+    push(
+        port,
+        &ca.ca_pem,
+        "vm/fedora",
+        layer_with("disk/disk.qcow2", &std::fs::read(&q).unwrap()),
+    );
     let opts = ImportOptions {
         scratch: Some(ScratchSpace::new(&scratch)),
         ..Default::default()
@@ -129,14 +158,29 @@ fn containerdisk_from_a_tls_registry_with_auth() {
     assert_same(&t, &expected);
 
     // Wrong password.
-    let e = import(&registry_dv(&url, both), &d.join("w.img"), &objects(&ca.ca_pem, "nope"), &opts, &|_| {})
-        .unwrap_err();
+    let e = import(
+        &registry_dv(&url, both),
+        &d.join("w.img"),
+        &objects(&ca.ca_pem, "nope"),
+        &opts,
+        &|_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, ImportError::Unauthorized { .. }), "{e}");
     assert!(!format!("{e:?}").contains("nope"));
     // No CA: TLS refuses.
-    let e = import(&registry_dv(&url, "      secretRef: reg-creds\n"), &d.join("t.img"), &ok, &opts, &|_| {})
-        .unwrap_err();
-    assert!(matches!(e, ImportError::Tls { .. } | ImportError::Registry(_)), "{e}");
+    let e = import(
+        &registry_dv(&url, "      secretRef: reg-creds\n"),
+        &d.join("t.img"),
+        &ok,
+        &opts,
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, ImportError::Tls { .. } | ImportError::Registry(_)),
+        "{e}"
+    );
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
     // A gzip disk file is a ✗ cell.
     let gz = {
@@ -144,9 +188,21 @@ fn containerdisk_from_a_tls_registry_with_auth() {
         std::io::Write::write_all(&mut e, &std::fs::read(&raw).unwrap()).unwrap();
         e.finish().unwrap()
     };
-    push(port, &ca.ca_pem, "vm/gz", layer_with("disk/disk.img.gz", &gz));
+    push(
+        port,
+        &ca.ca_pem,
+        "vm/gz",
+        layer_with("disk/disk.img.gz", &gz),
+    );
     let url = format!("docker://localhost:{port}/vm/gz:latest");
-    let e = import(&registry_dv(&url, both), &d.join("g.img"), &ok, &opts, &|_| {}).unwrap_err();
+    let e = import(
+        &registry_dv(&url, both),
+        &d.join("g.img"),
+        &ok,
+        &opts,
+        &|_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, ImportError::Unsupported { .. }), "{e}");
     assert!(!d.join("g.img").exists() && !d.join("w.img").exists());
     assert!(leftovers(&scratch).is_empty());

@@ -21,9 +21,16 @@ fn upload_dv(size: &str) -> virtkit_core::spec::datavolume::DataVolume {
 }
 
 fn curl(args: &[&str]) -> (i32, String) {
-    let out = Command::new("curl").args(["-sS", "-w", "%{http_code}"]).args(args).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.code().unwrap_or(-1), text + &String::from_utf8_lossy(&out.stderr))
+    (
+        out.status.code().unwrap_or(-1),
+        text + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 #[test]
@@ -36,7 +43,13 @@ fn curl_uploads_raw_and_multipart_sync_and_async_over_tls() {
     std::fs::create_dir_all(&scratch).unwrap();
     let raw = source_raw(&d);
     let q = d.join("v3.qcow2");
-    run(&["convert", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+    run(&[
+        "convert",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
     sh(&format!("xz -k -0 -T1 {}", q.display()));
     let expected = oracle(&raw, &d.join("oracle.raw"), 32 << 20);
     let ca = TestCa::new();
@@ -57,36 +70,86 @@ fn curl_uploads_raw_and_multipart_sync_and_async_over_tls() {
     // Synchronous raw body: the answer comes after the import.
     let t1 = d.join("sync.img");
     let token = server.register(upload_dv("32Mi"), t1.clone()).unwrap();
-    assert_eq!(server.status(&token).unwrap().progress.phase, Phase::UploadReady);
+    assert_eq!(
+        server.status(&token).unwrap().progress.phase,
+        Phase::UploadReady
+    );
     let auth = format!("Authorization: Bearer {token}");
-    let (rc, out) = curl(&["--cacert", cacert, "-H", &auth, "--data-binary", &format!("@{}", q.display()), &format!("{base}/v1beta1/upload")]);
+    let (rc, out) = curl(&[
+        "--cacert",
+        cacert,
+        "-H",
+        &auth,
+        "--data-binary",
+        &format!("@{}", q.display()),
+        &format!("{base}/v1beta1/upload"),
+    ]);
     assert_eq!((rc, out.as_str()), (0, "200"));
     assert_same(&t1, &expected);
     let st = server.status(&token).unwrap();
     assert_eq!(st.progress.phase, Phase::Succeeded);
-    assert!(st.outcome.unwrap().unwrap().scratch_bytes > 0, "uploads go through scratch");
+    assert!(
+        st.outcome.unwrap().unwrap().scratch_bytes > 0,
+        "uploads go through scratch"
+    );
     // The token is spent.
-    let (_, out) = curl(&["--cacert", cacert, "-H", &auth, "--data-binary", "x", &format!("{base}/v1beta1/upload")]);
+    let (_, out) = curl(&[
+        "--cacert",
+        cacert,
+        "-H",
+        &auth,
+        "--data-binary",
+        "x",
+        &format!("{base}/v1beta1/upload"),
+    ]);
     assert!(out.ends_with("409"), "{out}");
 
     // Asynchronous multipart form with a compressed qcow2.
     let t2 = d.join("form.img");
     let token = server.register(upload_dv("32Mi"), t2.clone()).unwrap();
     let auth = format!("Authorization: Bearer {token}");
-    let (rc, out) = curl(&["--cacert", cacert, "-H", &auth, "-F", &format!("file=@{}.xz", q.display()), &format!("{base}/v1beta1/upload-form-async")]);
+    let (rc, out) = curl(&[
+        "--cacert",
+        cacert,
+        "-H",
+        &auth,
+        "-F",
+        &format!("file=@{}.xz", q.display()),
+        &format!("{base}/v1beta1/upload-form-async"),
+    ]);
     assert_eq!(rc, 0, "{out}");
     assert!(out.ends_with("200"), "{out}");
     let st = server.wait(&token, Duration::from_secs(60)).unwrap();
     assert_eq!(st.progress.phase, Phase::Succeeded, "{st:?}");
     assert_same(&t2, &expected);
     // The status endpoint says the same to the client.
-    let (_, out) = curl(&["--cacert", cacert, "-H", &auth, &format!("{base}/v1beta1/status")]);
+    let (_, out) = curl(&[
+        "--cacert",
+        cacert,
+        "-H",
+        &auth,
+        &format!("{base}/v1beta1/status"),
+    ]);
     assert!(out.contains("\"Succeeded\""), "{out}");
 
     // Wrong token, no token.
-    let (_, out) = curl(&["--cacert", cacert, "-H", "Authorization: Bearer nope", "--data-binary", "x", &format!("{base}/v1beta1/upload")]);
+    let (_, out) = curl(&[
+        "--cacert",
+        cacert,
+        "-H",
+        "Authorization: Bearer nope",
+        "--data-binary",
+        "x",
+        &format!("{base}/v1beta1/upload"),
+    ]);
     assert!(out.ends_with("401"), "{out}");
-    let (_, out) = curl(&["--cacert", cacert, "--data-binary", "x", &format!("{base}/v1beta1/upload")]);
+    let (_, out) = curl(&[
+        "--cacert",
+        cacert,
+        "--data-binary",
+        "x",
+        &format!("{base}/v1beta1/upload"),
+    ]);
     assert!(out.ends_with("401"), "{out}");
     // Without the CA the client refuses the server.
     let (rc, _) = curl(&["--data-binary", "x", &format!("{base}/healthz")]);
@@ -96,17 +159,45 @@ fn curl_uploads_raw_and_multipart_sync_and_async_over_tls() {
     let t3 = d.join("small.img");
     let token = server.register(upload_dv("16Mi"), t3.clone()).unwrap();
     let auth = format!("Authorization: Bearer {token}");
-    let (_, out) = curl(&["--cacert", cacert, "-H", &auth, "--data-binary", &format!("@{}", q.display()), &format!("{base}/v1beta1/upload")]);
-    assert!(out.contains("exceeds target size") && out.ends_with("400"), "{out}");
+    let (_, out) = curl(&[
+        "--cacert",
+        cacert,
+        "-H",
+        &auth,
+        "--data-binary",
+        &format!("@{}", q.display()),
+        &format!("{base}/v1beta1/upload"),
+    ]);
+    assert!(
+        out.contains("exceeds target size") && out.ends_with("400"),
+        "{out}"
+    );
     assert_eq!(server.status(&token).unwrap().progress.phase, Phase::Failed);
     assert!(!t3.exists());
     // A tar is not a disk image (ST-17).
-    let token = server.register(upload_dv("16Mi"), d.join("tar.img")).unwrap();
+    let token = server
+        .register(upload_dv("16Mi"), d.join("tar.img"))
+        .unwrap();
     let auth = format!("Authorization: Bearer {token}");
     sh(&format!("cd {} && tar cf x.tar src.raw", d.display()));
-    let (_, out) = curl(&["--cacert", cacert, "-H", &auth, "--data-binary", &format!("@{}", d.join("x.tar").display()), &format!("{base}/v1beta1/upload")]);
-    assert!(out.contains("not supported") && out.ends_with("400"), "{out}");
+    let (_, out) = curl(&[
+        "--cacert",
+        cacert,
+        "-H",
+        &auth,
+        "--data-binary",
+        &format!("@{}", d.join("x.tar").display()),
+        &format!("{base}/v1beta1/upload"),
+    ]);
+    assert!(
+        out.contains("not supported") && out.ends_with("400"),
+        "{out}"
+    );
     drop(server);
-    assert!(leftovers(&scratch).is_empty() && leftovers(&d).is_empty(), "{:?}", leftovers(&d));
+    assert!(
+        leftovers(&scratch).is_empty() && leftovers(&d).is_empty(),
+        "{:?}",
+        leftovers(&d)
+    );
     assert!(!Path::new(&d.join("tar.img")).exists());
 }

@@ -228,7 +228,7 @@ pub fn import(
     opts: &ImportOptions,
     progress: &dyn Fn(&Progress),
 ) -> Result<ImportOutcome, ImportError> {
-    run(dv, target, opts, progress, |job| job.from_spec(resolver))
+    run(dv, target, opts, progress, |job| job.run_source(resolver))
 }
 
 /// Run an upload DataVolume (`source.upload`) with its body read from
@@ -402,7 +402,7 @@ impl<'a> Job<'a> {
         Some(self.opts.cancel.flag())
     }
 
-    fn from_spec(&mut self, resolver: &dyn Resolver) -> Result<(), ImportError> {
+    fn run_source(&mut self, resolver: &dyn Resolver) -> Result<(), ImportError> {
         let src = &self.dv.spec.source;
         if let Some(h) = &src.http {
             self.out.source = "http";
