@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use common::*;
-use virtkit_core::spec::cluster::{ConfigMap, Secret};
 use virtkit_storage::import::{
     import, CancelHandle, ImportError, ImportOptions, Objects, Phase, Progress, ScratchSpace,
 };
@@ -222,21 +221,7 @@ fn every_http_format_matches_qemu_img_and_uses_scratch_only_where_the_matrix_say
 }
 
 fn objects(ca_pem: &str, user: &str, password: &str) -> Objects {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let mut o = Objects::new();
-    let mut s = Secret::default();
-    s.metadata.name = Some("endpoint-secret".into());
-    s.metadata.namespace = Some("ns".into());
-    s.data.insert("accessKeyId".into(), b64(user));
-    s.data.insert("secretKey".into(), b64(password));
-    o.add_secret(s);
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some("tls-certs".into());
-    cm.metadata.namespace = Some("ns".into());
-    cm.data.insert("ca.pem".into(), ca_pem.to_string());
-    o.add_config_map(cm);
-    o
+    credential_objects("endpoint-secret", user, password, "tls-certs", ca_pem)
 }
 
 #[test]

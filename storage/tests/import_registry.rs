@@ -15,7 +15,6 @@ use common::*;
 use oci_client::client::{ClientConfig, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use virtkit_core::spec::cluster::{ConfigMap, Secret};
 use virtkit_storage::import::{import, ImportError, ImportOptions, Objects, ScratchSpace};
 
 fn layer_with(name: &str, data: &[u8]) -> Vec<u8> {
@@ -75,21 +74,7 @@ fn registry_dv(url: &str, extra: &str) -> virtkit_core::spec::datavolume::DataVo
 }
 
 fn objects(ca_pem: &str, password: &str) -> Objects {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let mut o = Objects::new();
-    let mut s = Secret::default();
-    s.metadata.name = Some("reg-creds".into());
-    s.metadata.namespace = Some("ns".into());
-    s.data.insert("accessKeyId".into(), b64("pusher"));
-    s.data.insert("secretKey".into(), b64(password));
-    o.add_secret(s);
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some("reg-ca".into());
-    cm.metadata.namespace = Some("ns".into());
-    cm.data.insert("ca.pem".into(), ca_pem.into());
-    o.add_config_map(cm);
-    o
+    credential_objects("reg-creds", "pusher", password, "reg-ca", ca_pem)
 }
 
 #[test]

@@ -382,3 +382,29 @@ pub fn leftovers(d: &Path) -> Vec<String> {
         .filter(|n| n.starts_with('.'))
         .collect()
 }
+
+/// A resolver holding one credentials Secret and one CA ConfigMap in
+/// namespace `ns`, with CDI's key names.
+pub fn credential_objects(
+    secret: &str,
+    user: &str,
+    password: &str,
+    config_map: &str,
+    ca_pem: &str,
+) -> virtkit_storage::import::Objects {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut o = virtkit_storage::import::Objects::new();
+    let mut s = virtkit_core::spec::cluster::Secret::default();
+    s.metadata.name = Some(secret.into());
+    s.metadata.namespace = Some("ns".into());
+    s.data.insert("accessKeyId".into(), b64(user));
+    s.data.insert("secretKey".into(), b64(password));
+    o.add_secret(s);
+    let mut cm = virtkit_core::spec::cluster::ConfigMap::default();
+    cm.metadata.name = Some(config_map.into());
+    cm.metadata.namespace = Some("ns".into());
+    cm.data.insert("ca.pem".into(), ca_pem.into());
+    o.add_config_map(cm);
+    o
+}
