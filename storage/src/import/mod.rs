@@ -298,20 +298,16 @@ fn lift(e: ImportError) -> ImportError {
 }
 
 pub(super) fn lift_io(io: std::io::Error) -> ImportError {
-    if io.get_ref().is_some_and(|i| i.is::<ImportError>()) {
-        if let Some(inner) = io.into_inner() {
-            if let Ok(e) = inner.downcast::<ImportError>() {
-                return lift(*e);
-            }
-        }
-        unreachable_io()
-    } else {
-        ImportError::Image(ImageError::Io(io))
+    // An OS error has no inner error to open: keep it whole.
+    if io.get_ref().is_none() {
+        return ImportError::Image(ImageError::Io(io));
     }
-}
-
-fn unreachable_io() -> ImportError {
-    ImportError::Image(ImageError::Io(std::io::Error::other("lost error")))
+    let kind = io.kind();
+    match io.into_inner().map(|inner| inner.downcast::<ImportError>()) {
+        Some(Ok(e)) => lift(*e),
+        Some(Err(other)) => ImportError::Image(ImageError::Io(std::io::Error::new(kind, other))),
+        None => ImportError::Image(ImageError::Io(kind.into())),
+    }
 }
 
 fn archive_error(e: ArchiveError) -> ImportError {
