@@ -34,6 +34,7 @@ use axum::Router;
 use futures_util::StreamExt;
 use virtkit_core::spec::datavolume::DataVolume;
 
+use crate::import::chunks::{Chunk, ChunkReader};
 use crate::import::{import_reader, ImportOptions, ImportOutcome, Phase, Progress};
 
 /// A PEM certificate chain and private key for TLS.
@@ -296,30 +297,6 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     }
 }
 
-type Chunk = Result<bytes::Bytes, std::io::Error>;
-
-/// The import side of an upload: reads chunks the HTTP side sends.
-struct BodyReader {
-    rx: tokio::sync::mpsc::Receiver<Chunk>,
-    chunk: bytes::Bytes,
-}
-
-impl std::io::Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(c)) => self.chunk = c,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        let _ = self.chunk.split_to(n);
-        Ok(n)
-    }
-}
-
 async fn upload(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -350,15 +327,11 @@ async fn upload(
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(16);
+    let (tx, reader) = ChunkReader::channel(16);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let worker_shared = Arc::clone(&shared);
     let worker_token = token.clone();
     std::thread::spawn(move || {
-        let reader = BodyReader {
-            rx,
-            chunk: bytes::Bytes::new(),
-        };
         let progress = |p: &Progress| {
             if let Some(u) = lock(&worker_shared.uploads).get_mut(&worker_token) {
                 u.status.progress = p.clone();

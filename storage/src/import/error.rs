@@ -2,7 +2,6 @@
 //! readable on its own. No variant ever carries a credential: URLs are
 //! shown without user info or query string ([`redact_url`]).
 
-use crate::format::Format;
 use crate::matrix::{Content, Source};
 use crate::ImageError;
 
@@ -109,9 +108,6 @@ pub enum ImportError {
     /// A clone that cannot start (ST-14/ST-15).
     #[error("clone: {0}")]
     Clone(String),
-    /// Format detected from content and refused (vmdk, vdi, …).
-    #[error("{0:?} images are recognized but not supported; convert to qcow2 or raw first")]
-    UnsupportedFormat(Format),
     /// Cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
@@ -134,8 +130,9 @@ impl ImportError {
             ImportError::Image(ImageError::Cancelled) | ImportError::Cancelled => "Cancelled",
             ImportError::Image(ImageError::TooLarge { .. }) => "ImageTooLarge",
             ImportError::Image(ImageError::Corrupt(_)) => "CorruptImage",
-            ImportError::Image(ImageError::Unsupported(_) | ImageError::UnsupportedFormat(_))
-            | ImportError::UnsupportedFormat(_) => "UnsupportedFormat",
+            ImportError::Image(ImageError::Unsupported(_) | ImageError::UnsupportedFormat(_)) => {
+                "UnsupportedFormat"
+            }
             ImportError::Image(ImageError::Io(_)) => "IOError",
             ImportError::Image(ImageError::Target(_)) | ImportError::Target(_) => "TargetError",
             ImportError::Archive(_) => "ArchiveError",

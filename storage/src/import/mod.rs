@@ -11,6 +11,7 @@
 //! a block target is zeroed first and wiped again on failure; scratch
 //! files are removed in every case.
 
+pub(crate) mod chunks;
 mod clone;
 mod content;
 pub(crate) mod error;
@@ -581,7 +582,7 @@ impl<'a> Job<'a> {
                 format: described,
             }),
             f @ (Format::Vmdk | Format::Vdi | Format::Vhd | Format::Vhdx) => {
-                Err(ImportError::UnsupportedFormat(f))
+                Err(ImageError::UnsupportedFormat(f).into())
             }
             Format::Gzip | Format::Xz | Format::Zstd => Err(ImportError::Image(
                 ImageError::Unsupported(format!("compression left after peeling: {described}")),

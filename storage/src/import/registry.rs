@@ -6,9 +6,7 @@
 //! through the decompressor and the tar reader: only the disk itself
 //! touches scratch.
 
-use std::io::Read;
 use std::path::{Component, Path};
-use std::sync::mpsc::{sync_channel, Receiver};
 
 use futures_util::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -17,34 +15,13 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use super::chunks::ChunkReader;
 use super::content::peel;
 use super::error::redact_url;
 use super::resolve::Credentials;
 use super::{ImportError, Job, Random};
 use crate::format::Format;
 use crate::matrix::Source;
-
-/// Reads a blob's chunks as they arrive from the pulling thread.
-struct ChannelReader {
-    rx: Receiver<std::io::Result<bytes::Bytes>>,
-    chunk: bytes::Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(c)) => self.chunk = c,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        let _ = self.chunk.split_to(n);
-        Ok(n)
-    }
-}
 
 fn runtime() -> Result<tokio::runtime::Runtime, ImportError> {
     tokio::runtime::Builder::new_current_thread()
@@ -86,13 +63,13 @@ fn stream_layer(
     reference: Reference,
     auth: RegistryAuth,
     layer: OciDescriptor,
-) -> ChannelReader {
-    let (tx, rx) = sync_channel(16);
+) -> ChunkReader {
+    let (tx, reader) = ChunkReader::channel(16);
     std::thread::spawn(move || {
         let rt = match runtime() {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = tx.send(Err(std::io::Error::other(e)));
+                let _ = tx.blocking_send(Err(std::io::Error::other(e)));
                 return;
             }
         };
@@ -103,21 +80,18 @@ fn stream_layer(
             match client.pull_blob_stream(&reference, &layer).await {
                 Ok(mut s) => {
                     while let Some(chunk) = s.stream.next().await {
-                        if tx.send(chunk).is_err() {
+                        if tx.send(chunk).await.is_err() {
                             break;
                         }
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string())));
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                 }
             }
         });
     });
-    ChannelReader {
-        rx,
-        chunk: bytes::Bytes::new(),
-    }
+    reader
 }
 
 pub(super) fn import(
