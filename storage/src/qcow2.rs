@@ -24,6 +24,12 @@ pub trait ReadAt {
     fn fill_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
     /// Total length in bytes.
     fn size(&self) -> std::io::Result<u64>;
+    /// How many reads at once pay off: 1 for memory and local files (their
+    /// reads already overlap with the writer thread), more for a source
+    /// where each read waits on a network round trip.
+    fn concurrency(&self) -> usize {
+        1
+    }
 }
 
 impl ReadAt for std::fs::File {
@@ -88,7 +94,7 @@ pub enum Cluster {
 
 /// An open qcow2 image.
 pub struct Qcow2<'a, R: ReadAt + ?Sized> {
-    src: &'a R,
+    pub(crate) src: &'a R,
     file_len: u64,
     /// The header.
     pub header: Header,

@@ -440,6 +440,11 @@ impl ReadAt for HttpRanged {
         }
     }
 
+    /// Several range requests in flight, each on its own connection.
+    fn concurrency(&self) -> usize {
+        4
+    }
+
     fn size(&self) -> std::io::Result<u64> {
         Ok(self.len)
     }

@@ -631,7 +631,7 @@ impl<'a> Job<'a> {
         t.commit()
     }
 
-    fn convert<R: ReadAt + ?Sized>(&mut self, src: &R) -> Result<(), ImportError> {
+    fn convert<R: ReadAt + Sync + ?Sized>(&mut self, src: &R) -> Result<(), ImportError> {
         let q = Qcow2::open(src)?;
         let vs = q.header.virtual_size;
         self.out.virtual_size = vs;
@@ -694,7 +694,7 @@ pub(crate) enum Random<'r> {
     /// Only the stream.
     None,
     /// The same bytes through HTTP ranges.
-    Http(&'r dyn ReadAt),
+    Http(&'r (dyn ReadAt + Sync)),
     /// The stream is this whole scratch file.
     Scratch(&'r std::fs::File),
 }
@@ -731,35 +731,41 @@ pub(crate) fn copy_extents(
         let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
         (r >= 0).then_some(r as u64)
     };
-    let mut buf = vec![0u8; crate::write::CHUNK];
-    let mut data = 0u64;
-    let mut off = 0u64;
-    while off < len {
-        crate::write::check_cancel(cancel)?;
-        // No SEEK_DATA support (a block device): everything is data.
-        let start = match seek(off, libc::SEEK_DATA) {
-            Some(s) => s,
-            None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => len,
-            None => off,
-        };
-        if start >= len {
-            break;
-        }
-        let mut end = seek(start, libc::SEEK_HOLE).unwrap_or(len).min(len);
-        if end <= start {
-            end = len;
-        }
-        let mut pos = start;
-        while pos < end {
+    // Extents are read here and written by the writer thread.
+    let ((), data) = crate::write::with_writer(out, len, |w| {
+        let mut off = 0u64;
+        while off < len {
             crate::write::check_cancel(cancel)?;
-            let n = (end - pos).min(buf.len() as u64) as usize;
-            src.read_exact_at(&mut buf[..n], pos)?;
-            data += crate::write::write_nonzero(out, &buf[..n], pos, len)?;
-            pos += n as u64;
-            progress(pos);
+            // No SEEK_DATA support (a block device): everything is data.
+            let start = match seek(off, libc::SEEK_DATA) {
+                Some(s) => s,
+                None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => len,
+                None => off,
+            };
+            if start >= len {
+                break;
+            }
+            let mut end = seek(start, libc::SEEK_HOLE).unwrap_or(len).min(len);
+            if end <= start {
+                end = len;
+            }
+            let mut pos = start;
+            while pos < end {
+                crate::write::check_cancel(cancel)?;
+                let mut buf = w.buffer();
+                let n = (end - pos).min(buf.len() as u64) as usize;
+                if let Err(e) = src.read_exact_at(&mut buf[..n], pos) {
+                    w.recycle(buf);
+                    return Err(ImageError::Io(e));
+                }
+                w.write(buf, n, pos)?;
+                pos += n as u64;
+                progress(pos);
+            }
+            off = end;
         }
-        off = end;
-    }
+        Ok(())
+    })?;
     progress(len);
     Ok(data)
 }
