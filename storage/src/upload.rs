@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -34,7 +34,7 @@ use axum::Router;
 use futures_util::StreamExt;
 use virtkit_core::spec::datavolume::DataVolume;
 
-use crate::import::chunks::{Chunk, ChunkReader};
+use crate::import::chunks::{ChunkReader, ChunkSender};
 use crate::import::{import_reader, ImportOptions, ImportOutcome, Phase, Progress};
 
 /// A PEM certificate chain and private key for TLS.
@@ -92,6 +92,9 @@ struct Shared {
 pub struct UploadServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The TLS acceptor new connections use; replaced by
+    /// [`UploadServer::replace_tls`] (None: plain HTTP).
+    acceptor: Arc<RwLock<Option<tokio_rustls::TlsAcceptor>>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -127,6 +130,8 @@ impl UploadServer {
             .map(tls_config)
             .transpose()?
             .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
+        let acceptor = Arc::new(RwLock::new(acceptor));
+        let current = Arc::clone(&acceptor);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -151,10 +156,17 @@ impl UploadServer {
                         },
                     };
                     let router = router.clone();
-                    let acceptor = acceptor.clone();
+                    // Each connection takes the identity current when it
+                    // arrives; open ones keep theirs.
+                    let acceptor = match current.read() {
+                        Ok(a) => a.clone(),
+                        Err(poisoned) => poisoned.into_inner().clone(),
+                    };
                     tokio::spawn(async move {
                         let service = hyper_util::service::TowerToHyperService::new(router);
-                        let http = hyper::server::conn::http1::Builder::new();
+                        let mut http = hyper::server::conn::http1::Builder::new();
+                        // A client may shut its side once the body is sent.
+                        http.half_close(true);
                         match acceptor {
                             Some(a) => {
                                 if let Ok(tls) = a.accept(stream).await {
@@ -174,6 +186,7 @@ impl UploadServer {
         Ok(UploadServer {
             addr,
             shared,
+            acceptor,
             shutdown: Some(tx),
             thread: Some(thread),
         })
@@ -182,6 +195,28 @@ impl UploadServer {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Serve a new certificate and key (a renewed certificate) from the
+    /// next connection on, without a restart; connections already open
+    /// and uploads in progress are not touched. A bad identity is an error
+    /// and the current one stays. A server started without TLS stays
+    /// plain HTTP.
+    pub fn replace_tls(&self, tls: TlsIdentity) -> Result<(), UploadError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&tls)?));
+        let mut current = match self.acceptor.write() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match current.as_mut() {
+            Some(a) => {
+                *a = acceptor;
+                Ok(())
+            }
+            None => Err(UploadError::Tls(
+                "this server was started without TLS; it cannot switch to TLS".into(),
+            )),
+        }
     }
 
     /// Accept an upload for `dv` (which must have `source.upload`) into
@@ -352,12 +387,22 @@ async fn upload(
         worker_shared.changed.notify_all();
         let _ = done_tx.send(result);
     });
-    let fed = if form {
-        feed_form(req, &shared, &tx).await
-    } else {
-        feed(req.into_body(), &tx).await
-    };
-    drop(tx);
+    // The body is fed from a task of its own, so that it is read to its
+    // end even when this handler is dropped because the client hung up
+    // right after its last byte. `tx` is consumed there: finished when the
+    // body was whole, failed otherwise (a sender dropped without either is
+    // a broken-off stream to the import, never a short image).
+    let feeder_shared = Arc::clone(&shared);
+    let feeder = tokio::spawn(async move {
+        if form {
+            feed_form(req, &feeder_shared, tx).await
+        } else {
+            feed(req.into_body(), tx).await
+        }
+    });
+    let fed = feeder
+        .await
+        .unwrap_or_else(|e| Err(format!("upload body: {e}")));
     if let Err(msg) = fed {
         return (StatusCode::BAD_REQUEST, msg).into_response();
     }
@@ -372,45 +417,42 @@ async fn upload(
 }
 
 /// Send a raw body to the import; an error if the client broke off.
-async fn feed(body: Body, tx: &tokio::sync::mpsc::Sender<Chunk>) -> Result<(), String> {
+async fn feed(body: Body, tx: ChunkSender) -> Result<(), String> {
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(c) => {
-                if tx.send(Ok(c)).await.is_err() {
+                if tx.send(c).await.is_err() {
                     // The import stopped (it failed); its error is reported.
                     return Ok(());
                 }
             }
             Err(e) => {
                 let msg = format!("upload body: {e}");
-                let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
+                tx.fail(std::io::Error::other(msg.clone())).await;
                 return Err(msg);
             }
         }
     }
+    tx.finish().await;
     Ok(())
 }
 
 /// Send the `file` field (or the first field) of a multipart form.
-async fn feed_form(
-    req: Request,
-    shared: &Arc<Shared>,
-    tx: &tokio::sync::mpsc::Sender<Chunk>,
-) -> Result<(), String> {
-    let fail = |msg: String| async {
-        let _ = tx.send(Err(std::io::Error::other(msg.clone()))).await;
+async fn feed_form(req: Request, shared: &Arc<Shared>, tx: ChunkSender) -> Result<(), String> {
+    let fail = |tx: ChunkSender, msg: String| async move {
+        tx.fail(std::io::Error::other(msg.clone())).await;
         Err(msg)
     };
     let mut form = match Multipart::from_request(req, shared).await {
         Ok(f) => f,
-        Err(e) => return fail(format!("multipart form: {e}")).await,
+        Err(e) => return fail(tx, format!("multipart form: {e}")).await,
     };
     loop {
         let mut field = match form.next_field().await {
             Ok(Some(f)) => f,
-            Ok(None) => return fail("multipart form has no file field".into()).await,
-            Err(e) => return fail(format!("multipart form: {e}")).await,
+            Ok(None) => return fail(tx, "multipart form has no file field".into()).await,
+            Err(e) => return fail(tx, format!("multipart form: {e}")).await,
         };
         if field.name().is_some_and(|n| n != "file") && field.file_name().is_none() {
             continue;
@@ -418,12 +460,15 @@ async fn feed_form(
         loop {
             match field.chunk().await {
                 Ok(Some(c)) => {
-                    if tx.send(Ok(c)).await.is_err() {
+                    if tx.send(c).await.is_err() {
                         return Ok(());
                     }
                 }
-                Ok(None) => return Ok(()),
-                Err(e) => return fail(format!("multipart form: {e}")).await,
+                Ok(None) => {
+                    tx.finish().await;
+                    return Ok(());
+                }
+                Err(e) => return fail(tx, format!("multipart form: {e}")).await,
             }
         }
     }

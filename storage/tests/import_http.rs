@@ -485,3 +485,166 @@ fn a_full_target_filesystem_fails_and_leaves_nothing() {
     assert!(e.to_string().contains("No space left"), "{e}");
     assert_eq!(left, 0, "nothing left on the full filesystem");
 }
+
+/// Unmounts a test mount even when an assertion fails first.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        }
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+
+    fn entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// ST-19 on a real 64 MiB tmpfs as the scratch directory: a qcow2.gz (a
+/// starred cell) whose scratch does not fit waits `Pending` and goes on
+/// when space appears; one that can never fit fails after the configured
+/// wait; a cancel while waiting stops it. The tmpfs is left as it was
+/// each time.
+#[test]
+fn scratch_on_a_64_mib_tmpfs_waits_then_goes_on_fails_or_cancels() {
+    if !tools() {
+        return;
+    }
+    let d = dir("scratch-tmpfs");
+    let Some(mnt) = Mount::tmpfs(&d.join("scratch"), "64m") else {
+        return;
+    };
+    let raw = source_raw(&d);
+    let qcow = d.join("s.qcow2");
+    run(&[
+        "convert",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        qcow.to_str().unwrap(),
+    ]);
+    sh(&format!("gzip -1 {}", qcow.display()));
+    let srv = FaultServer::start(
+        std::fs::read(d.join("s.qcow2.gz")).unwrap(),
+        Fault::Unavailable { times: 0 },
+    );
+    let want = oracle(&raw, &d.join("oracle.raw"), SIZE_BYTES);
+    // 40 MiB of ballast: 24 MiB free, less than the ~50 MiB the spool of a
+    // 32 Mi request reserves.
+    let ballast = mnt.0.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 40 << 20]).unwrap();
+
+    // 1. Space appears while it waits.
+    let mut opts = options(&mnt.0);
+    if let Some(s) = opts.scratch.as_mut() {
+        s.wait_timeout = std::time::Duration::from_secs(30);
+    }
+    let seen: Mutex<Vec<(Phase, String)>> = Mutex::new(Vec::new());
+    let target = d.join("t.img");
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Free the space once the import has been seen waiting.
+            for _ in 0..200 {
+                if seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(p, m)| *p == Phase::Pending && m.contains("waiting"))
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::fs::remove_file(&ballast).unwrap();
+        });
+        import(
+            &http_dv(&srv.url("g"), SIZE, ""),
+            &target,
+            &Objects::new(),
+            &opts,
+            &|p: &Progress| seen.lock().unwrap().push((p.phase, p.message.clone())),
+        )
+    })
+    .unwrap();
+    let seen = seen.into_inner().unwrap();
+    let waited = seen
+        .iter()
+        .position(|(p, m)| *p == Phase::Pending && m.contains("waiting for scratch space"))
+        .expect("the import waited Pending for scratch space");
+    let in_progress = seen
+        .iter()
+        .position(|(p, _)| *p == Phase::ImportInProgress)
+        .unwrap();
+    assert!(in_progress < waited, "it waited after starting: {seen:?}");
+    assert_eq!(seen.last().unwrap().0, Phase::Succeeded);
+    assert!(outcome.scratch_bytes > 0);
+    assert_same(&target, &want);
+    assert!(
+        mnt.entries().is_empty(),
+        "scratch left: {:?}",
+        mnt.entries()
+    );
+
+    // 2. A request whose spool can never fit in 64 MiB fails after the
+    // configured wait, naming the space.
+    let mut opts = options(&mnt.0);
+    if let Some(s) = opts.scratch.as_mut() {
+        s.wait_timeout = std::time::Duration::from_millis(800);
+    }
+    let started = std::time::Instant::now();
+    let e = import(
+        &http_dv(&srv.url("g"), "64Mi", ""),
+        &d.join("big.img"),
+        &Objects::new(),
+        &opts,
+        &|_| {},
+    )
+    .unwrap_err();
+    assert_eq!(e.reason(), "ScratchSpace", "{e}");
+    assert!(e.to_string().contains("scratch"), "{e}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(800));
+    assert!(!d.join("big.img").exists() && leftovers(&d).is_empty());
+    assert!(mnt.entries().is_empty());
+
+    // 3. Cancelled while waiting.
+    std::fs::write(&ballast, vec![1u8; 40 << 20]).unwrap();
+    let mut opts = options(&mnt.0);
+    if let Some(s) = opts.scratch.as_mut() {
+        s.wait_timeout = std::time::Duration::from_secs(30);
+    }
+    let cancel = opts.cancel.clone();
+    let e = import(
+        &http_dv(&srv.url("g"), SIZE, ""),
+        &d.join("c.img"),
+        &Objects::new(),
+        &opts,
+        &|p: &Progress| {
+            if p.phase == Phase::Pending && p.message.contains("waiting") {
+                cancel.cancel();
+            }
+        },
+    )
+    .unwrap_err();
+    assert!(e.is_cancelled(), "{e}");
+    assert_eq!(mnt.entries(), vec!["ballast".to_string()]);
+    assert!(!d.join("c.img").exists() && leftovers(&d).is_empty());
+}

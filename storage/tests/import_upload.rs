@@ -201,3 +201,101 @@ fn curl_uploads_raw_and_multipart_sync_and_async_over_tls() {
     );
     assert!(!Path::new(&d.join("tar.img")).exists());
 }
+
+/// Send a raw upload by hand over plain HTTP: the request head, then
+/// `body`, then close the connection at once without reading the answer.
+fn send_and_hang_up(addr: std::net::SocketAddr, token: &str, len: usize, body: &[u8]) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1beta1/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    s.flush().unwrap();
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+}
+
+/// A client that hangs up right after its last byte still gets its
+/// upload imported, and the final state is readable afterwards; one that
+/// hangs up half way through the body fails and leaves no target.
+#[test]
+fn clients_that_hang_up_early() {
+    if !qemu_img() {
+        return;
+    }
+    let d = dir("upload-hangup");
+    let scratch = d.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let raw = source_raw(&d);
+    let expected = oracle(&raw, &d.join("oracle.raw"), 32 << 20);
+    let body = std::fs::read(&raw).unwrap();
+    let opts = ImportOptions {
+        scratch: Some(ScratchSpace::new(&scratch)),
+        ..Default::default()
+    };
+    let server = UploadServer::start("127.0.0.1:0".parse().unwrap(), None, opts).unwrap();
+
+    let whole = d.join("whole.img");
+    let token = server.register(upload_dv("32Mi"), whole.clone()).unwrap();
+    send_and_hang_up(server.addr(), &token, body.len(), &body);
+    let st = server.wait(&token, Duration::from_secs(60)).unwrap();
+    assert_eq!(st.progress.phase, Phase::Succeeded, "{st:?}");
+    assert_same(&whole, &expected);
+
+    let half = d.join("half.img");
+    let token = server.register(upload_dv("32Mi"), half.clone()).unwrap();
+    send_and_hang_up(server.addr(), &token, body.len(), &body[..body.len() / 2]);
+    let st = server.wait(&token, Duration::from_secs(60)).unwrap();
+    assert_eq!(st.progress.phase, Phase::Failed, "{st:?}");
+    assert!(!half.exists());
+    assert!(leftovers(&d).is_empty() && leftovers(&scratch).is_empty());
+}
+
+/// A renewed certificate is served from the next connection on; a bad
+/// one is refused and the current one stays; a plain server cannot
+/// switch.
+#[test]
+fn the_tls_certificate_is_replaced_without_a_restart() {
+    if !have("curl", "curl") {
+        return;
+    }
+    let d = dir("upload-cert");
+    let (old, new) = (TestCa::new(), TestCa::new());
+    let (old_ca, new_ca) = (d.join("old.pem"), d.join("new.pem"));
+    std::fs::write(&old_ca, &old.ca_pem).unwrap();
+    std::fs::write(&new_ca, &new.ca_pem).unwrap();
+    let identity = |ca: &TestCa| TlsIdentity {
+        cert_pem: ca.cert_pem.clone().into_bytes(),
+        key_pem: ca.key_pem.clone().into_bytes(),
+    };
+    let server = UploadServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(identity(&old)),
+        ImportOptions::default(),
+    )
+    .unwrap();
+    let health = format!("https://localhost:{}/healthz", server.addr().port());
+    let trusts = |ca: &Path| curl(&["--cacert", ca.to_str().unwrap(), &health]).0 == 0;
+    assert!(trusts(&old_ca) && !trusts(&new_ca));
+
+    server.replace_tls(identity(&new)).unwrap();
+    assert!(trusts(&new_ca) && !trusts(&old_ca));
+
+    let bad = TlsIdentity {
+        cert_pem: b"not a certificate".to_vec(),
+        key_pem: new.key_pem.clone().into_bytes(),
+    };
+    assert!(server.replace_tls(bad).is_err());
+    assert!(trusts(&new_ca), "a refused identity leaves the current one");
+
+    let plain = UploadServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        ImportOptions::default(),
+    )
+    .unwrap();
+    let e = plain.replace_tls(identity(&new)).unwrap_err();
+    assert!(e.to_string().contains("without TLS"), "{e}");
+}

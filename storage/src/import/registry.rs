@@ -69,7 +69,7 @@ fn stream_layer(
         let rt = match runtime() {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+                tx.fail_blocking(std::io::Error::other(e));
                 return;
             }
         };
@@ -80,14 +80,18 @@ fn stream_layer(
             match client.pull_blob_stream(&reference, &layer).await {
                 Ok(mut s) => {
                     while let Some(chunk) = s.stream.next().await {
-                        if tx.send(chunk).await.is_err() {
-                            break;
+                        match chunk {
+                            Ok(c) => {
+                                if tx.send(c).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => return tx.fail(e).await,
                         }
                     }
+                    tx.finish().await;
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                }
+                Err(e) => tx.fail(std::io::Error::other(e.to_string())).await,
             }
         });
     });
