@@ -38,3 +38,31 @@ pub fn quantity(data: &[u8]) {
         let _ = q.milli_value();
     }
 }
+
+/// Run `body` on every input checked in for fuzz target `target`: the
+/// files of `<fuzz_dir>/corpus/<target>` and of `<fuzz_dir>/artifacts/<target>`
+/// (crashes kept as regression inputs); a missing directory counts as
+/// empty. Returns how many inputs ran, so a test can insist on a corpus.
+/// The corpus tests of every crate replay through this.
+pub fn replay_corpus(
+    fuzz_dir: &std::path::Path,
+    target: &str,
+    body: fn(&[u8]),
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    for dir in [
+        fuzz_dir.join("corpus").join(target),
+        fuzz_dir.join("artifacts").join(target),
+    ] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            body(&std::fs::read(entry?.path())?);
+            n += 1;
+        }
+    }
+    Ok(n)
+}

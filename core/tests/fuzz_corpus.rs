@@ -7,21 +7,8 @@
 use std::path::Path;
 
 fn replay(target: &str, f: fn(&[u8])) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut n = 0;
-    for dir in [
-        root.join("corpus").join(target),
-        root.join("artifacts").join(target),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            f(&std::fs::read(&p).unwrap());
-            n += 1;
-        }
-    }
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let n = virtkit_core::fuzzing::replay_corpus(&fuzz, target, f).unwrap();
     assert!(n >= 10, "{target}: only {n} corpus files");
 }
 

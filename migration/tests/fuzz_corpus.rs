@@ -1,23 +1,17 @@
 //! Replays the `migration_stream` fuzz corpus (and committed crashes).
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 #[test]
 fn migration_stream_corpus() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut n = 0;
-    for dir in [
-        root.join("corpus/migration_stream"),
-        root.join("artifacts/migration_stream"),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let bytes = std::fs::read(e.path()).unwrap_or_default();
-            virtkit_migration::fuzzing::stream(&bytes);
-            n += 1;
-        }
-    }
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let n = virtkit_core::fuzzing::replay_corpus(
+        &fuzz,
+        "migration_stream",
+        virtkit_migration::fuzzing::stream,
+    )
+    .unwrap();
     assert!(n >= 10, "only {n} corpus files");
 }

@@ -1,24 +1,13 @@
 //! Replays the storage fuzz corpora (format detection, qcow2 reader, tar
-//! entry paths) and
-//! any committed crashes.
+//! entry paths) and any committed crashes.
+
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
 fn replay(target: &str, f: fn(&[u8])) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut n = 0;
-    for dir in [
-        root.join("corpus").join(target),
-        root.join("artifacts").join(target),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            f(&std::fs::read(e.path()).unwrap_or_default());
-            n += 1;
-        }
-    }
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let n = virtkit_core::fuzzing::replay_corpus(&fuzz, target, f).unwrap();
     assert!(n >= 9, "{target}: only {n} corpus files");
 }
 
