@@ -1,5 +1,13 @@
-//! virtkit-net — Host networking: masquerade, Linux bridge with VLAN and MAC-spoof check, SR-IOV, DHCP, MAC pool, NIC hotplug, interface status.
+//! virtkit-net — host networking for VMs: the MAC address pool and the
+//! DHCPv4 server that masquerade (and PXE) bindings use.
 //!
-//! **Status: not implemented yet.** This crate exists so the workspace has
-//! its final shape and dependency direction; it exports nothing. The work
-//! is tracked as issue 5; see `docs/SPEC-COVERAGE.md` for what is done.
+//! Issue 5 is in progress: the masquerade binding (bridge, tap,
+//! nftables), the Linux bridge binding, SR-IOV, virtio-net and NIC
+//! hotplug are not here yet; `docs/SPEC-COVERAGE.md` lists what is.
+
+pub mod dhcp4;
+pub mod mac;
+pub mod netns;
+
+pub use dhcp4::{Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4, Route4};
+pub use mac::{namespace_managed, MacAddr, MacPool, MacPoolError, MacRange};
