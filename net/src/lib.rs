@@ -7,7 +7,10 @@
 
 pub mod dhcp4;
 pub mod mac;
+pub mod masquerade;
 pub mod netns;
+pub mod tap;
 
 pub use dhcp4::{Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4, Route4};
 pub use mac::{namespace_managed, MacAddr, MacPool, MacPoolError, MacRange};
+pub use masquerade::{Masquerade, MasqueradeConfig, MasqueradeError, PortForward, Protocol};

@@ -1,0 +1,307 @@
+//! The masquerade binding for real, in three network namespaces the test
+//! creates: "pod" (where the binding is built; its eth0 is a veth to the
+//! "outside" namespace), "outside" (a client of the pod address) and
+//! "guest" (stands in for the VM: its eth0 is a tap whose frames a relay
+//! thread copies to and from the binding's tap, as a VMM's virtio-net
+//! would). BusyBox `udhcpc` in the guest takes its lease from the binding's
+//! DHCP server; TCP then goes through the declared port only, never
+//! through a reserved one; guest egress leaves with the pod's address; and
+//! teardown leaves the pod's nftables rule set and links as they were.
+//! Needs root, `ip`, `nft` and `udhcpc`; skips, saying why, otherwise.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use virtkit_net::{netns, tap, MacAddr, Masquerade, MasqueradeConfig, PortForward, Protocol};
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn out(cmd: &str) -> String {
+    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ready() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        eprintln!("SKIP: needs root for network namespaces");
+        return false;
+    }
+    for tool in ["ip", "nft", "udhcpc"] {
+        if !sh(&format!(
+            "command -v {tool} >/dev/null || test -x /usr/sbin/{tool}"
+        )) {
+            eprintln!("SKIP: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// The three namespaces; removed on drop.
+struct World {
+    pod: String,
+    outside: String,
+    guest: String,
+}
+
+impl World {
+    fn new() -> Option<World> {
+        let id = std::process::id() % 100_000;
+        let w = World {
+            pod: format!("vk-mq-p-{id}"),
+            outside: format!("vk-mq-o-{id}"),
+            guest: format!("vk-mq-g-{id}"),
+        };
+        let ok = sh(&format!(
+            "ip netns add {p} && ip netns add {o} && ip netns add {g} && \
+             ip link add eth0 netns {p} type veth peer name eth0 netns {o} && \
+             ip -n {p} addr add 192.168.77.2/24 dev eth0 && ip -n {o} addr add 192.168.77.1/24 dev eth0 && \
+             for n in {p} {o} {g}; do ip -n $n link set lo up; done && \
+             ip -n {p} link set eth0 up && ip -n {o} link set eth0 up && \
+             ip -n {p} route add default via 192.168.77.1",
+            p = w.pod,
+            o = w.outside,
+            g = w.guest
+        ));
+        ok.then_some(w)
+    }
+
+    fn ns(name: &str) -> PathBuf {
+        netns::named(name)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        sh(&format!(
+            "ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null",
+            self.pod, self.outside, self.guest
+        ));
+    }
+}
+
+/// Copies frames between two tap fds until stopped: the "VMM".
+struct Relay {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(a: std::fs::File, b: std::fs::File) -> Relay {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let pump = |from: Arc<std::fs::File>, to: Arc<std::fs::File>, stop: Arc<AtomicBool>| {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd {
+                        fd: from.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: poll on one valid pollfd for the call.
+                    if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                        continue;
+                    }
+                    match (&*from).read(&mut buf) {
+                        Ok(n) if n > 0 => {
+                            let _ = (&*to).write(&buf[..n]);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        let threads = vec![
+            pump(Arc::clone(&a), Arc::clone(&b), Arc::clone(&stop)),
+            pump(b, a, Arc::clone(&stop)),
+        ];
+        Relay { stop, threads }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A listener in namespace `ns` on `port` that answers each connection
+/// with `hello-<port>`.
+fn serve(ns: &Path, port: u16) {
+    let l = netns::run_in(Some(ns), move || TcpListener::bind(("0.0.0.0", port))).unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(format!("hello-{port}").as_bytes());
+        }
+    });
+}
+
+/// Connect from namespace `ns` to `to` and read the greeting.
+fn fetch(ns: &Path, to: SocketAddr) -> Option<String> {
+    netns::run_in(Some(ns), move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(700))?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })
+    .ok()
+    .filter(|t| !t.is_empty())
+}
+
+/// Bring up the guest's eth0 by DHCP; returns udhcpc's view.
+fn dhcp_in_guest(w: &World, dir: &Path) -> String {
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in bound)\n  ip addr add $ip/$subnet dev $interface\n  \
+             ip route add default via $router\n  echo \"$ip $router $mtu\" > {}\nesac\nexit 0\n",
+            dir.join("lease").display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", script.display()));
+    assert!(
+        sh(&format!(
+            "ip netns exec {} udhcpc -i eth0 -f -q -n -t 5 -T 1 -O mtu -s {} >/dev/null 2>&1",
+            w.guest,
+            script.display()
+        )),
+        "udhcpc in the guest got no lease"
+    );
+    std::fs::read_to_string(dir.join("lease")).unwrap()
+}
+
+#[test]
+fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
+    if !ready() {
+        return;
+    }
+    let Some(w) = World::new() else {
+        eprintln!("SKIP: could not create the namespaces");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("virtkit-masq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pod, outside, guest) = (
+        World::ns(&w.pod),
+        World::ns(&w.outside),
+        World::ns(&w.guest),
+    );
+    let rules_before = out(&format!("ip netns exec {} nft list ruleset", w.pod));
+    let links_before = out(&format!("ip -n {} -br link", w.pod));
+
+    let mac: MacAddr = "02:00:00:00:0b:01".parse().unwrap();
+    let mut cfg = MasqueradeConfig::new("t1", mac);
+    cfg.ports = vec![PortForward {
+        protocol: Protocol::Tcp,
+        port: 8080,
+    }];
+    cfg.mtu = Some(1400);
+    let binding = Masquerade::setup(Some(pod.clone()), cfg.clone()).unwrap();
+    let names = binding.names().clone();
+    assert!(out(&format!("ip -n {} -br link", w.pod)).contains(&names.bridge));
+    assert!(out(&format!("ip -n {} addr show {}", w.pod, names.bridge)).contains("10.0.2.1/24"));
+
+    // The "VMM": the guest namespace's eth0 tap wired to the binding's tap.
+    let ours = netns::run_in(Some(&pod), {
+        let t = names.tap.clone();
+        move || tap::open(&t, false, false)
+    })
+    .unwrap();
+    // Persistent, so that the guest keeps its address while the relay is
+    // rewired below.
+    netns::run_in(Some(&guest), || tap::create_persistent("eth0", false)).unwrap();
+    let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
+    assert!(sh(&format!(
+        "ip -n {} link set eth0 address {mac} mtu 1400 up",
+        w.guest
+    )));
+    let relay = Relay::start(ours, theirs);
+
+    let lease = dhcp_in_guest(&w, &dir);
+    assert_eq!(lease.trim(), "10.0.2.2 10.0.2.1 1400");
+
+    for port in [8080, 9090, 49152] {
+        serve(&guest, port);
+    }
+    let pod_addr = |port| SocketAddr::from((Ipv4Addr::new(192, 168, 77, 2), port));
+    assert_eq!(
+        fetch(&outside, pod_addr(8080)).as_deref(),
+        Some("hello-8080")
+    );
+    assert_eq!(
+        fetch(&outside, pod_addr(9090)),
+        None,
+        "an undeclared port is not forwarded"
+    );
+    assert_eq!(
+        fetch(&outside, pod_addr(49152)),
+        None,
+        "a reserved port is never forwarded"
+    );
+
+    // Egress: the outside sees the pod's address, not 10.0.2.2.
+    let seen = netns::run_in(Some(&outside), || TcpListener::bind(("192.168.77.1", 7070))).unwrap();
+    let from = std::thread::spawn(move || seen.accept().map(|(_, peer)| peer.ip()));
+    assert!(fetch(
+        &guest,
+        SocketAddr::from((Ipv4Addr::new(192, 168, 77, 1), 7070))
+    )
+    .is_none());
+    assert_eq!(from.join().unwrap().unwrap().to_string(), "192.168.77.2");
+
+    // No ports declared: every port but the reserved ones. A second setup
+    // with the same tag finds and replaces the first binding's leftovers.
+    cfg.ports.clear();
+    std::mem::forget(binding); // as if the process had crashed
+    drop(relay);
+    let binding = Masquerade::setup(Some(pod.clone()), cfg).unwrap();
+    let ours = netns::run_in(Some(&pod), {
+        let t = names.tap.clone();
+        move || tap::open(&t, false, false)
+    })
+    .unwrap();
+    let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
+    let relay = Relay::start(ours, theirs);
+    assert_eq!(
+        fetch(&outside, pod_addr(9090)).as_deref(),
+        Some("hello-9090")
+    );
+    assert_eq!(
+        fetch(&outside, pod_addr(8080)).as_deref(),
+        Some("hello-8080")
+    );
+    assert_eq!(fetch(&outside, pod_addr(49152)), None);
+
+    drop(relay);
+    binding.teardown().unwrap();
+    assert_eq!(
+        out(&format!("ip netns exec {} nft list ruleset", w.pod)),
+        rules_before
+    );
+    assert_eq!(out(&format!("ip -n {} -br link", w.pod)), links_before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
