@@ -5,12 +5,15 @@
 //! nftables), the Linux bridge binding, SR-IOV, virtio-net and NIC
 //! hotplug are not here yet; `docs/SPEC-COVERAGE.md` lists what is.
 
+pub mod bridge;
 pub mod dhcp4;
+mod link;
 pub mod mac;
 pub mod masquerade;
 pub mod netns;
 pub mod tap;
 
+pub use bridge::{BridgeBinding, BridgeBindingConfig, BridgeError};
 pub use dhcp4::{Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4, Route4};
 pub use mac::{namespace_managed, MacAddr, MacPool, MacPoolError, MacRange};
 pub use masquerade::{Masquerade, MasqueradeConfig, MasqueradeError, PortForward, Protocol};

@@ -219,8 +219,6 @@ pub struct Masquerade {
     live: bool,
 }
 
-/// Run netlink work in the namespace, on a current-thread runtime of its
-/// own (the rtnetlink socket is made in that namespace).
 fn netlink<T: Send + 'static, F>(
     netns: Option<&Path>,
     step: &'static str,
@@ -229,31 +227,7 @@ fn netlink<T: Send + 'static, F>(
 where
     F: std::future::Future<Output = Result<T, rtnetlink::Error>>,
 {
-    crate::netns::run_in(netns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()?;
-        rt.block_on(async move {
-            let (connection, handle, _) = rtnetlink::new_connection()?;
-            tokio::spawn(connection);
-            work(handle)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        })
-    })
-    .map_err(host(step))
-}
-
-async fn link_index(h: &rtnetlink::Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
-    use futures_util::TryStreamExt;
-    let mut links = h.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(Some(l)) => Ok(Some(l.header.index)),
-        Ok(None) => Ok(None),
-        // "No such device" comes back as an error.
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::link::run(netns, work).map_err(host(step))
 }
 
 fn nft(netns: Option<&Path>, doc: serde_json::Value) -> Result<(), MasqueradeError> {
@@ -392,7 +366,7 @@ impl Masquerade {
                 bridge = bridge.mtu(mtu);
             }
             h.link().add(bridge.build()).execute().await?;
-            let br = link_index(&h, &names.bridge)
+            let br = crate::link::index(&h, &names.bridge)
                 .await?
                 .ok_or(rtnetlink::Error::RequestFailed)?;
             h.address()
@@ -402,7 +376,7 @@ impl Masquerade {
             if let Some((a, p)) = gw6 {
                 h.address().add(br, IpAddr::V6(a), p).execute().await?;
             }
-            let tap = link_index(&h, &names.tap)
+            let tap = crate::link::index(&h, &names.tap)
                 .await?
                 .ok_or(rtnetlink::Error::RequestFailed)?;
             let mut port = LinkUnspec::new_with_index(tap).controller(br).up();
@@ -464,7 +438,7 @@ impl Masquerade {
         found |= netlink(netns, "removing old links", move |h| async move {
             let mut found = false;
             for name in [&links.tap, &links.bridge] {
-                if let Some(i) = link_index(&h, name).await? {
+                if let Some(i) = crate::link::index(&h, name).await? {
                     h.link().del(i).execute().await?;
                     found = true;
                 }

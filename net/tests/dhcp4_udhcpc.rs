@@ -6,18 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
+use common::{is_root, sh};
 use virtkit_net::{netns, Dhcp4Config, Dhcp4Server, Lease4, MacAddr, Route4};
-
-fn sh(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// Two namespaces and a veth pair between them; removed on drop.
 struct Link {
@@ -62,27 +57,15 @@ impl Drop for Link {
 }
 
 fn tools() -> bool {
-    let root = is_root();
-    if !root {
+    if !is_root() {
         eprintln!("SKIP: needs root for network namespaces");
         return false;
     }
-    if !std::path::Path::new("/usr/sbin/udhcpc").exists() && !sh("command -v udhcpc >/dev/null") {
+    if !sh("command -v udhcpc >/dev/null || test -x /usr/sbin/udhcpc") {
         eprintln!("SKIP: udhcpc is not installed (Debian package udhcpc)");
         return false;
     }
     true
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Run udhcpc once in the client namespace; the environment its script

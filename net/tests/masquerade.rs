@@ -11,48 +11,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
+use common::{fetch, out, ready, serve, sh, Relay};
 use virtkit_net::{netns, tap, MacAddr, Masquerade, MasqueradeConfig, PortForward, Protocol};
-
-fn sh(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn out(cmd: &str) -> String {
-    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ready() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        eprintln!("SKIP: needs root for network namespaces");
-        return false;
-    }
-    for tool in ["ip", "nft", "udhcpc"] {
-        if !sh(&format!(
-            "command -v {tool} >/dev/null || test -x /usr/sbin/{tool}"
-        )) {
-            eprintln!("SKIP: {tool} is not installed");
-            return false;
-        }
-    }
-    true
-}
 
 /// The three namespaces; removed on drop.
 struct World {
@@ -95,79 +60,6 @@ impl Drop for World {
             self.pod, self.outside, self.guest
         ));
     }
-}
-
-/// Copies frames between two tap fds until stopped: the "VMM".
-struct Relay {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Relay {
-    fn start(a: std::fs::File, b: std::fs::File) -> Relay {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, b) = (Arc::new(a), Arc::new(b));
-        let pump = |from: Arc<std::fs::File>, to: Arc<std::fs::File>, stop: Arc<AtomicBool>| {
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65_536];
-                while !stop.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd {
-                        fd: from.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: poll on one valid pollfd for the call.
-                    if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
-                        continue;
-                    }
-                    match (&*from).read(&mut buf) {
-                        Ok(n) if n > 0 => {
-                            let _ = (&*to).write(&buf[..n]);
-                        }
-                        _ => {}
-                    }
-                }
-            })
-        };
-        let threads = vec![
-            pump(Arc::clone(&a), Arc::clone(&b), Arc::clone(&stop)),
-            pump(b, a, Arc::clone(&stop)),
-        ];
-        Relay { stop, threads }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A listener in namespace `ns` on `port` that answers each connection
-/// with `hello-<port>`.
-fn serve(ns: &Path, port: u16) {
-    let l = netns::run_in(Some(ns), move || TcpListener::bind(("0.0.0.0", port))).unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let _ = s.write_all(format!("hello-{port}").as_bytes());
-        }
-    });
-}
-
-/// Connect from namespace `ns` to `to` and read the greeting.
-fn fetch(ns: &Path, to: SocketAddr) -> Option<String> {
-    netns::run_in(Some(ns), move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(700))?;
-        s.set_read_timeout(Some(Duration::from_millis(700)))?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    })
-    .ok()
-    .filter(|t| !t.is_empty())
 }
 
 /// Bring up the guest's eth0 by DHCP; returns udhcpc's view.

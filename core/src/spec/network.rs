@@ -235,11 +235,11 @@ pub struct VlanTrunk {
     /// Single VLAN.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
-    /// Range start.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Range start (`minID`, as the bridge CNI plugin spells it).
+    #[serde(rename = "minID", skip_serializing_if = "Option::is_none")]
     pub min_id: Option<i64>,
-    /// Range end.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Range end (`maxID`).
+    #[serde(rename = "maxID", skip_serializing_if = "Option::is_none")]
     pub max_id: Option<i64>,
 }
 
