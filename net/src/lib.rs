@@ -11,9 +11,14 @@ mod link;
 pub mod mac;
 pub mod masquerade;
 pub mod netns;
+pub mod sriov;
+mod state;
 pub mod tap;
 
 pub use bridge::{BridgeBinding, BridgeBindingConfig, BridgeError};
 pub use dhcp4::{Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4, Route4};
 pub use mac::{namespace_managed, MacAddr, MacPool, MacPoolError, MacRange};
 pub use masquerade::{Masquerade, MasqueradeConfig, MasqueradeError, PortForward, Protocol};
+pub use sriov::{
+    PhysicalFunction, SriovError, Sysfs, VfAllocator, VfLink, VfSettings, VirtualFunction,
+};

@@ -11,12 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use virtkit_core::spec::vm::VirtualMachine;
+
+use crate::state::StateFile;
 
 /// A 48-bit Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -210,18 +210,7 @@ struct State {
 #[derive(Debug)]
 pub struct MacPool {
     range: MacRange,
-    path: PathBuf,
-}
-
-/// Holds the pool's lock file locked while alive.
-struct Locked(File);
-
-impl Drop for Locked {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on an fd we own; no memory is involved.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
+    state: StateFile,
 }
 
 fn owner(namespace: &str, vm: &str, interface: &str) -> String {
@@ -235,13 +224,12 @@ impl MacPool {
     pub fn open(path: impl Into<PathBuf>, range: MacRange) -> Result<Self, MacPoolError> {
         let pool = MacPool {
             range,
-            path: path.into(),
+            state: StateFile::new(path),
         };
-        let _lock = pool.lock()?;
-        let state = pool.load()?;
+        let state: State = pool.state.read().map_err(|e| pool.io(e))?;
         match state.range {
             Some(r) if r != range => Err(MacPoolError::RangeChanged {
-                path: pool.path.display().to_string(),
+                path: pool.state.path().display().to_string(),
                 found: r.to_string(),
                 wanted: range.to_string(),
             }),
@@ -251,50 +239,9 @@ impl MacPool {
 
     fn io(&self, source: std::io::Error) -> MacPoolError {
         MacPoolError::State {
-            path: self.path.display().to_string(),
+            path: self.state.path().display().to_string(),
             source,
         }
-    }
-
-    fn lock(&self) -> Result<Locked, MacPoolError> {
-        use std::os::fd::AsRawFd;
-        let mut name = self.path.clone().into_os_string();
-        name.push(".lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&name)
-            .map_err(|e| self.io(e))?;
-        // SAFETY: flock on an fd we own; no memory is involved.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(self.io(std::io::Error::last_os_error()));
-        }
-        Ok(Locked(f))
-    }
-
-    fn load(&self) -> Result<State, MacPoolError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| self.io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(self.io(e)),
-        }
-    }
-
-    fn save(&self, state: &mut State) -> Result<(), MacPoolError> {
-        state.range = Some(self.range);
-        let bytes =
-            serde_json::to_vec_pretty(state).map_err(|e| self.io(std::io::Error::other(e)))?;
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| self.io(e))
     }
 
     /// Run `change` on the state under the lock and save it if it
@@ -303,11 +250,14 @@ impl MacPool {
         &self,
         change: impl FnOnce(&mut State) -> Result<T, MacPoolError>,
     ) -> Result<T, MacPoolError> {
-        let _lock = self.lock()?;
-        let mut state = self.load()?;
-        let out = change(&mut state)?;
-        self.save(&mut state)?;
-        Ok(out)
+        let range = self.range;
+        self.state
+            .update(|state: &mut State| {
+                let out = change(state)?;
+                state.range = Some(range);
+                Ok(out)
+            })
+            .map_err(|e| self.io(e))?
     }
 
     fn take_next(&self, state: &mut State, who: String) -> Result<MacAddr, MacPoolError> {
@@ -398,19 +348,18 @@ impl MacPool {
 
     /// Who holds `mac`, if anyone.
     pub fn holder(&self, mac: MacAddr) -> Result<Option<String>, MacPoolError> {
-        let _lock = self.lock()?;
-        Ok(self.load()?.held.get(&mac).cloned())
+        Ok(self.held()?.get(&mac).cloned())
     }
 
     /// Every held address and its holder.
     pub fn held(&self) -> Result<BTreeMap<MacAddr, String>, MacPoolError> {
-        let _lock = self.lock()?;
-        Ok(self.load()?.held)
+        let state: State = self.state.read().map_err(|e| self.io(e))?;
+        Ok(state.held)
     }
 
     /// The state file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.state.path()
     }
 }
 
