@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod dhcp4;
+pub mod dhcp6;
 mod link;
 pub mod mac;
 pub mod masquerade;
@@ -17,6 +18,7 @@ pub mod tap;
 
 pub use bridge::{BridgeBinding, BridgeBindingConfig, BridgeError};
 pub use dhcp4::{Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4, Route4};
+pub use dhcp6::{Dhcp6Config, Dhcp6Error, Dhcp6Server, Lease6};
 pub use mac::{namespace_managed, MacAddr, MacPool, MacPoolError, MacRange};
 pub use masquerade::{Masquerade, MasqueradeConfig, MasqueradeError, PortForward, Protocol};
 pub use sriov::{

@@ -22,6 +22,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::json;
 
 use crate::dhcp4::{Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4};
+use crate::dhcp6::{Dhcp6Config, Dhcp6Error, Dhcp6Server, Lease6};
 use crate::mac::MacAddr;
 
 /// Ports libvirt and migration use in the pod: never forwarded (NET-4).
@@ -64,8 +65,8 @@ pub struct MasqueradeConfig {
     /// The VM network (`vmNetworkCIDR`): gateway `.1`, guest `.2`.
     pub vm_cidr: Ipv4Net,
     /// The IPv6 VM network (`vmIPv6NetworkCIDR`) for dual stack: gateway
-    /// `::1`, guest `::2` (configured statically in the guest, as the spec
-    /// says; DHCPv6 is not served yet).
+    /// `::1`, guest `::2`, served by DHCPv6 (a guest without a DHCPv6
+    /// client sets them statically, as the spec says).
     pub vm_cidr6: Option<Ipv6Net>,
     /// Declared ports; empty forwards every port but the reserved ones.
     pub ports: Vec<PortForward>,
@@ -75,6 +76,8 @@ pub struct MasqueradeConfig {
     pub multi_queue: bool,
     /// DNS servers for the guest.
     pub dns: Vec<Ipv4Addr>,
+    /// IPv6 DNS servers for the guest (DHCPv6).
+    pub dns6: Vec<Ipv6Addr>,
     /// Search domains for the guest.
     pub search: Vec<String>,
     /// The guest's host name.
@@ -93,6 +96,7 @@ impl MasqueradeConfig {
             mtu: None,
             multi_queue: false,
             dns: Vec::new(),
+            dns6: Vec::new(),
             search: Vec::new(),
             hostname: None,
         }
@@ -181,6 +185,9 @@ pub enum MasqueradeError {
     /// The DHCP server.
     #[error("masquerade: {0}")]
     Dhcp(#[from] Dhcp4Error),
+    /// The DHCPv6 server.
+    #[error("masquerade: {0}")]
+    Dhcp6(#[from] Dhcp6Error),
 }
 
 fn host(step: &'static str) -> impl FnOnce(std::io::Error) -> MasqueradeError {
@@ -216,6 +223,7 @@ pub struct Masquerade {
     netns: Option<PathBuf>,
     names: Names,
     dhcp: Option<Dhcp4Server>,
+    dhcp6: Option<Dhcp6Server>,
     live: bool,
 }
 
@@ -341,6 +349,7 @@ impl Masquerade {
             netns,
             names,
             dhcp: None,
+            dhcp6: None,
             live: true,
         };
         // On error `m` drops and removes what exists.
@@ -359,33 +368,48 @@ impl Masquerade {
         .map_err(host("creating the tap"))?;
         let gw = (cfg.gateway(), cfg.vm_cidr.prefix_len());
         let gw6 = cfg.gateway6().zip(cfg.vm_cidr6.map(|n| n.prefix_len()));
+        let bridge_name = names.bridge.clone();
         netlink(ns.as_deref(), "creating the bridge", move |h| async move {
-            use rtnetlink::{LinkBridge, LinkUnspec};
-            let mut bridge = LinkBridge::new(&names.bridge);
+            let mut bridge = rtnetlink::LinkBridge::new(&bridge_name);
             if let Some(mtu) = mtu {
                 bridge = bridge.mtu(mtu);
             }
-            h.link().add(bridge.build()).execute().await?;
-            let br = crate::link::index(&h, &names.bridge)
-                .await?
-                .ok_or(rtnetlink::Error::RequestFailed)?;
-            h.address()
-                .add(br, IpAddr::V4(gw.0), gw.1)
-                .execute()
-                .await?;
-            if let Some((a, p)) = gw6 {
-                h.address().add(br, IpAddr::V6(a), p).execute().await?;
-            }
-            let tap = crate::link::index(&h, &names.tap)
-                .await?
-                .ok_or(rtnetlink::Error::RequestFailed)?;
-            let mut port = LinkUnspec::new_with_index(tap).controller(br).up();
-            if let Some(mtu) = mtu {
-                port = port.mtu(mtu);
-            }
-            h.link().set(port.build()).execute().await?;
-            Ok(())
+            h.link().add(bridge.build()).execute().await
         })?;
+        if cfg.vm_cidr6.is_some() {
+            // No duplicate address detection on the bridge: its addresses
+            // are usable (the DHCPv6 server answers from its link-local
+            // one) as soon as the guest's tap brings the carrier up.
+            let key = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", names.bridge);
+            crate::netns::run_in(ns.as_deref(), move || std::fs::write(key, "0"))
+                .map_err(host("turning off DAD on the bridge"))?;
+        }
+        netlink(
+            ns.as_deref(),
+            "addressing the bridge",
+            move |h| async move {
+                use rtnetlink::LinkUnspec;
+                let br = crate::link::index(&h, &names.bridge)
+                    .await?
+                    .ok_or(rtnetlink::Error::RequestFailed)?;
+                h.address()
+                    .add(br, IpAddr::V4(gw.0), gw.1)
+                    .execute()
+                    .await?;
+                if let Some((a, p)) = gw6 {
+                    h.address().add(br, IpAddr::V6(a), p).execute().await?;
+                }
+                let tap = crate::link::index(&h, &names.tap)
+                    .await?
+                    .ok_or(rtnetlink::Error::RequestFailed)?;
+                let mut port = LinkUnspec::new_with_index(tap).controller(br).up();
+                if let Some(mtu) = mtu {
+                    port = port.mtu(mtu);
+                }
+                h.link().set(port.build()).execute().await?;
+                Ok(())
+            },
+        )?;
         write_sysctl(self.netns.as_deref(), "/proc/sys/net/ipv4/ip_forward")?;
         if cfg.vm_cidr6.is_some() {
             write_sysctl(
@@ -414,6 +438,23 @@ impl Masquerade {
             },
             self.netns.clone(),
         )?);
+        if let Some(address) = cfg.guest6() {
+            self.dhcp6 = Some(Dhcp6Server::start(
+                Dhcp6Config {
+                    interface: self.names.bridge.clone(),
+                    // Only a DUID: unique on the bridge's link is enough.
+                    server_mac: MacAddr([0x02, b'k', b'6', b't', 0, 1]),
+                    client_mac: Some(cfg.guest_mac),
+                    lease: Lease6 {
+                        address,
+                        dns: cfg.dns6.clone(),
+                        search: cfg.search.clone(),
+                        lifetime_secs: 86_400,
+                    },
+                },
+                self.netns.clone(),
+            )?);
+        }
         Ok(())
     }
 
@@ -460,6 +501,7 @@ impl Masquerade {
         }
         self.live = false;
         self.dhcp = None;
+        self.dhcp6 = None;
         Self::clean_stale(
             self.netns.as_deref(),
             self.names.bridge.trim_start_matches("k6t-"),

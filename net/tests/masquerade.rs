@@ -27,12 +27,12 @@ struct World {
 }
 
 impl World {
-    fn new() -> Option<World> {
+    fn new(tag: &str) -> Option<World> {
         let id = std::process::id() % 100_000;
         let w = World {
-            pod: format!("vk-mq-p-{id}"),
-            outside: format!("vk-mq-o-{id}"),
-            guest: format!("vk-mq-g-{id}"),
+            pod: format!("vk-{tag}-p-{id}"),
+            outside: format!("vk-{tag}-o-{id}"),
+            guest: format!("vk-{tag}-g-{id}"),
         };
         let ok = sh(&format!(
             "ip netns add {p} && ip netns add {o} && ip netns add {g} && \
@@ -40,7 +40,9 @@ impl World {
              ip -n {p} addr add 192.168.77.2/24 dev eth0 && ip -n {o} addr add 192.168.77.1/24 dev eth0 && \
              for n in {p} {o} {g}; do ip -n $n link set lo up; done && \
              ip -n {p} link set eth0 up && ip -n {o} link set eth0 up && \
-             ip -n {p} route add default via 192.168.77.1",
+             ip -n {p} route add default via 192.168.77.1 && \
+             ip -n {p} addr add fd00:77::2/64 dev eth0 nodad && ip -n {o} addr add fd00:77::1/64 dev eth0 nodad && \
+             ip -n {p} -6 route add default via fd00:77::1",
             p = w.pod,
             o = w.outside,
             g = w.guest
@@ -91,7 +93,7 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
     if !ready() {
         return;
     }
-    let Some(w) = World::new() else {
+    let Some(w) = World::new("mq") else {
         eprintln!("SKIP: could not create the namespaces");
         return;
     };
@@ -195,5 +197,86 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
         rules_before
     );
     assert_eq!(out(&format!("ip -n {} -br link", w.pod)), links_before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Dual stack: the guest takes fd10:0:2::2 from the binding's DHCPv6
+/// server with ISC `dhclient -6`, and IPv6 TCP to the pod's address on the
+/// declared port reaches it. DHCPv6 gives an address, not routes (router
+/// advertisements do, and the binding sends none yet), so the client's
+/// script sets the gateway as cloud-init's `gateway6` would. Skips where
+/// `dhclient` is absent.
+#[test]
+fn dual_stack_guest_gets_its_ipv6_address_by_dhcpv6() {
+    if !ready() {
+        return;
+    }
+    if !sh("command -v dhclient >/dev/null || test -x /usr/sbin/dhclient || test -x /sbin/dhclient")
+    {
+        eprintln!("SKIP: dhclient is not installed (Debian package isc-dhcp-client)");
+        return;
+    }
+    let Some(w) = World::new("m6") else {
+        eprintln!("SKIP: could not create the namespaces");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("virtkit-masq6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pod, outside, guest) = (
+        World::ns(&w.pod),
+        World::ns(&w.outside),
+        World::ns(&w.guest),
+    );
+    let mac: MacAddr = "02:00:00:00:0b:06".parse().unwrap();
+    let mut cfg = MasqueradeConfig::new("t6", mac);
+    cfg.vm_cidr6 = Some(MasqueradeConfig::default_ipv6());
+    cfg.dns6 = vec!["fd10:0:2::1".parse().unwrap()];
+    cfg.search = vec!["ns.svc.cluster.local".into()];
+    cfg.ports = vec![PortForward {
+        protocol: Protocol::Tcp,
+        port: 8080,
+    }];
+    let binding = Masquerade::setup(Some(pod.clone()), cfg).unwrap();
+    let tap_name = binding.names().tap.clone();
+    let ours = netns::run_in(Some(&pod), move || tap::open(&tap_name, false, false)).unwrap();
+    netns::run_in(Some(&guest), || tap::create_persistent("eth0", false)).unwrap();
+    let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
+    assert!(sh(&format!(
+        "ip netns exec {g} sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip -n {g} link set eth0 address {mac} up",
+        g = w.guest
+    )));
+    let _relay = Relay::start(ours, theirs);
+
+    let script = dir.join("dhclient.sh");
+    let seen = dir.join("seen");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$reason\" in BOUND6)\n  ip -6 addr add $new_ip6_address/$new_ip6_prefixlen dev $interface nodad\n  \
+             ip -6 route add fd10:0:2::1 dev $interface\n  ip -6 route add default via fd10:0:2::1\n  \
+             echo \"$new_ip6_address $new_dhcp6_name_servers $new_dhcp6_domain_search\" > {}\nesac\nexit 0\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", script.display()));
+    let pidfile = dir.join("dhclient.pid");
+    let ok = sh(&format!(
+        "timeout 30 ip netns exec {g} dhclient -6 -1 -sf {s} -lf {d}/lease6 -pf {p} eth0 >/dev/null 2>&1",
+        g = w.guest,
+        s = script.display(),
+        d = dir.display(),
+        p = pidfile.display()
+    ));
+    // dhclient stays in the background after binding: stop it.
+    sh(&format!("kill $(cat {}) 2>/dev/null", pidfile.display()));
+    assert!(ok, "dhclient -6 got no lease");
+    let got = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(got.trim(), "fd10:0:2::2 fd10:0:2::1 ns.svc.cluster.local.");
+
+    serve(&guest, 8080);
+    let to = SocketAddr::from(("fd00:77::2".parse::<std::net::Ipv6Addr>().unwrap(), 8080));
+    assert_eq!(fetch(&outside, to).as_deref(), Some("hello-8080"));
+    binding.teardown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

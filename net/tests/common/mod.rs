@@ -99,10 +99,10 @@ impl Drop for Relay {
     }
 }
 
-/// A listener in namespace `ns` on `port` that answers each connection
+/// A listener in namespace `ns` on `port` (IPv6 and IPv4) that answers each connection
 /// with `hello-<port>`.
 pub fn serve(ns: &Path, port: u16) {
-    let l = netns::run_in(Some(ns), move || TcpListener::bind(("0.0.0.0", port))).unwrap();
+    let l = netns::run_in(Some(ns), move || TcpListener::bind(("::", port))).unwrap();
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             let _ = s.write_all(format!("hello-{port}").as_bytes());
