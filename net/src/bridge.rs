@@ -180,12 +180,7 @@ fn spoof_rules(cfg: &BridgeBindingConfig) -> serde_json::Value {
 }
 
 fn nft(netns: Option<&Path>, doc: serde_json::Value) -> Result<(), BridgeError> {
-    let doc: nftables::schema::Nftables<'static> = serde_json::from_value(doc)
-        .map_err(|e| BridgeError::Nftables(format!("rule set does not fit the schema: {e}")))?;
-    crate::netns::run_in(netns, move || {
-        nftables::helper::apply_ruleset(&doc).map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .map_err(|e| BridgeError::Nftables(e.to_string()))
+    crate::nft::apply(netns, doc).map_err(BridgeError::Nftables)
 }
 
 impl BridgeBinding {
@@ -306,23 +301,7 @@ impl BridgeBinding {
 
     fn remove_parts(&self) -> Result<(), BridgeError> {
         let ns = self.netns.as_deref();
-        let table = self.cfg.table();
-        let t = table.clone();
-        let exists = crate::netns::run_in(ns, move || {
-            Ok(std::process::Command::new("nft")
-                .args(["list", "table", "bridge", &t])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()))
-        })
-        .map_err(host("listing nftables"))?;
-        if exists {
-            nft(
-                ns,
-                json!({"nftables": [{"delete": {"table": {"family": "bridge", "name": table}}}]}),
-            )?;
-        }
+        crate::nft::delete_table(ns, "bridge", &self.cfg.table()).map_err(BridgeError::Nftables)?;
         let tap = self.cfg.tap();
         crate::link::run(ns, move |h| async move {
             if let Some(i) = crate::link::index(&h, &tap).await? {

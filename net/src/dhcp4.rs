@@ -11,15 +11,13 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use dhcproto::v4::{
     self, Decodable, Decoder, DhcpOption, Encodable, Encoder, Message, MessageType, Opcode,
 };
 
 use crate::mac::MacAddr;
+use crate::responder::Responder;
 
 /// A route handed to the guest (option 121).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,11 +289,7 @@ fn add_options(
 
 /// A running DHCPv4 server; stopped when dropped.
 #[derive(Debug)]
-pub struct Dhcp4Server {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+pub struct Dhcp4Server(Responder);
 
 fn socket(interface: &str) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -305,7 +299,6 @@ fn socket(interface: &str) -> std::io::Result<std::net::UdpSocket> {
     s.set_broadcast(true)?;
     s.bind_device(Some(interface.as_bytes()))?;
     s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVER_PORT).into())?;
-    s.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(s.into())
 }
 
@@ -317,73 +310,31 @@ impl Dhcp4Server {
             check(l)?;
         }
         let interface = config.interface.clone();
-        let sock = crate::netns::run_in(netns.as_deref(), move || socket(&interface)).map_err(
-            |source| Dhcp4Error::Socket {
-                interface: config.interface.clone(),
-                source,
-            },
-        )?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let (stop2, answered2) = (Arc::clone(&stop), Arc::clone(&answered));
-        let thread = std::thread::spawn(move || serve(&sock, &config, &stop2, &answered2));
-        Ok(Dhcp4Server {
-            stop,
-            answered,
-            thread: Some(thread),
+        let name = config.interface.clone();
+        let fail = |source| Dhcp4Error::Socket {
+            interface: name.clone(),
+            source,
+        };
+        let sock =
+            crate::netns::run_in(netns.as_deref(), move || socket(&interface)).map_err(fail)?;
+        let what = format!("DHCPv4 on {}", config.interface);
+        let responder = Responder::start(sock, what.clone(), move |packet, _from| {
+            match answer(&config, packet) {
+                Ok(Some(reply)) => Some((reply.bytes, reply.to.into())),
+                Ok(None) => None,
+                Err(e) => {
+                    log::debug!("{what}: {e}");
+                    None
+                }
+            }
         })
+        .map_err(fail)?;
+        Ok(Dhcp4Server(responder))
     }
 
     /// Replies sent so far.
     pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
-    }
-}
-
-fn serve(
-    sock: &std::net::UdpSocket,
-    config: &Dhcp4Config,
-    stop: &AtomicBool,
-    answered: &AtomicU64,
-) {
-    let mut buf = [0u8; 1500];
-    while !stop.load(Ordering::Relaxed) {
-        let n = match sock.recv_from(&mut buf) {
-            Ok((n, _)) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => {
-                log::warn!("DHCPv4 on {}: {e}", config.interface);
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        match answer(config, &buf[..n]) {
-            Ok(Some(reply)) => match sock.send_to(&reply.bytes, reply.to) {
-                Ok(_) => {
-                    answered.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("DHCPv4 {:?} sent to {}", reply.kind, reply.to);
-                }
-                Err(e) => log::warn!("DHCPv4 reply to {}: {e}", reply.to),
-            },
-            Ok(None) => {}
-            Err(e) => log::debug!("DHCPv4 on {}: {e}", config.interface),
-        }
-    }
-}
-
-impl Drop for Dhcp4Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.answered()
     }
 }
 

@@ -7,14 +7,12 @@
 
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use dhcproto::v6::{self, DhcpOption, IAAddr, Message, MessageType, IANA};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use crate::mac::MacAddr;
+use crate::responder::Responder;
 
 /// The All_DHCP_Relay_Agents_and_Servers group.
 const SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
@@ -178,11 +176,7 @@ pub fn answer6(
 
 /// A running DHCPv6 server; stopped when dropped.
 #[derive(Debug)]
-pub struct Dhcp6Server {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+pub struct Dhcp6Server(Responder);
 
 fn socket(interface: &str) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -193,7 +187,6 @@ fn socket(interface: &str) -> std::io::Result<std::net::UdpSocket> {
     s.bind_device(Some(interface.as_bytes()))?;
     s.bind(&SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 547, 0, 0).into())?;
     s.join_multicast_v6(&SERVERS, index)?;
-    s.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(s.into())
 }
 
@@ -217,6 +210,7 @@ impl Dhcp6Server {
             let fqdn = format!("{}.", d.trim_end_matches('.'));
             dhcproto::Name::from_utf8(&fqdn).map_err(|_| Dhcp6Error::BadDomain(d.clone()))?;
         }
+        let interface_name = config.interface.clone();
         let interface = config.interface.clone();
         let sock = crate::netns::run_in(netns.as_deref(), move || socket(&interface)).map_err(
             |source| Dhcp6Error::Socket {
@@ -224,60 +218,27 @@ impl Dhcp6Server {
                 source,
             },
         )?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let (stop2, answered2) = (Arc::clone(&stop), Arc::clone(&answered));
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !stop2.load(Ordering::Relaxed) {
-                let (n, from) = match sock.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(e) => {
-                        log::warn!("DHCPv6 on {}: {e}", config.interface);
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                };
-                match answer6(&config, &buf[..n]) {
-                    Ok(Some((bytes, kind))) => match sock.send_to(&bytes, from) {
-                        Ok(_) => {
-                            answered2.fetch_add(1, Ordering::Relaxed);
-                            log::debug!("DHCPv6 {kind:?} sent to {from}");
-                        }
-                        Err(e) => log::warn!("DHCPv6 reply to {from}: {e}"),
-                    },
-                    Ok(None) => {}
-                    Err(e) => log::debug!("DHCPv6 on {}: {e}", config.interface),
+        let what = format!("DHCPv6 on {}", config.interface);
+        let responder = Responder::start(sock, what.clone(), move |packet, from| {
+            match answer6(&config, packet) {
+                Ok(Some((bytes, _kind))) => Some((bytes, from)),
+                Ok(None) => None,
+                Err(e) => {
+                    log::debug!("{what}: {e}");
+                    None
                 }
             }
-        });
-        Ok(Dhcp6Server {
-            stop,
-            answered,
-            thread: Some(thread),
         })
+        .map_err(|source| Dhcp6Error::Socket {
+            interface: interface_name,
+            source,
+        })?;
+        Ok(Dhcp6Server(responder))
     }
 
     /// Replies sent so far.
     pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Dhcp6Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.0.answered()
     }
 }
 

@@ -5,6 +5,11 @@
 //! nftables), the Linux bridge binding, SR-IOV, virtio-net and NIC
 //! hotplug are not here yet; `docs/SPEC-COVERAGE.md` lists what is.
 
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod bridge;
 pub mod dhcp4;
 pub mod dhcp6;
@@ -12,6 +17,8 @@ mod link;
 pub mod mac;
 pub mod masquerade;
 pub mod netns;
+mod nft;
+mod responder;
 pub mod sriov;
 mod state;
 pub mod tap;

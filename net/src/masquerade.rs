@@ -239,25 +239,7 @@ where
 }
 
 fn nft(netns: Option<&Path>, doc: serde_json::Value) -> Result<(), MasqueradeError> {
-    let doc: nftables::schema::Nftables<'static> = serde_json::from_value(doc)
-        .map_err(|e| MasqueradeError::Nftables(format!("rule set does not fit the schema: {e}")))?;
-    crate::netns::run_in(netns, move || {
-        nftables::helper::apply_ruleset(&doc).map_err(|e| std::io::Error::other(e.to_string()))
-    })
-    .map_err(|e| MasqueradeError::Nftables(e.to_string()))
-}
-
-fn table_exists(netns: Option<&Path>, table: &str) -> Result<bool, MasqueradeError> {
-    let table = table.to_string();
-    crate::netns::run_in(netns, move || {
-        let out = std::process::Command::new("nft")
-            .args(["list", "table", "inet", &table])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()?;
-        Ok(out.success())
-    })
-    .map_err(|e| MasqueradeError::Nftables(format!("nft: {e}")))
+    crate::nft::apply(netns, doc).map_err(MasqueradeError::Nftables)
 }
 
 fn write_sysctl(netns: Option<&Path>, key: &'static str) -> Result<(), MasqueradeError> {
@@ -467,14 +449,8 @@ impl Masquerade {
     /// crashed process's). Returns whether anything was found.
     pub fn clean_stale(netns: Option<&Path>, tag: &str) -> Result<bool, MasqueradeError> {
         let names = Names::for_tag(tag);
-        let mut found = false;
-        if table_exists(netns, &names.table)? {
-            nft(
-                netns,
-                json!({"nftables": [{"delete": {"table": {"family": "inet", "name": names.table}}}]}),
-            )?;
-            found = true;
-        }
+        let mut found = crate::nft::delete_table(netns, "inet", &names.table)
+            .map_err(MasqueradeError::Nftables)?;
         let links = names.clone();
         found |= netlink(netns, "removing old links", move |h| async move {
             let mut found = false;
