@@ -12,7 +12,6 @@
 #![allow(missing_docs)]
 
 use std::net::TcpListener;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +21,6 @@ use virtkit_core::document::{parse_one, Mode, Object};
 use virtkit_core::spec::datavolume::DataVolume;
 use virtkit_storage::import::{import, ImportOptions, Objects, ScratchSpace};
 
-const SIZE: u64 = 1 << 30;
 const RUNS: usize = 3;
 
 /// Kills nginx when the bench ends.
@@ -55,22 +53,7 @@ fn sh(cmd: &str) -> bool {
 /// qcow2.gz and qcow2.xz in `root`.
 fn make_images(root: &Path) -> Option<()> {
     let raw = root.join("guest.raw");
-    let f = std::fs::File::create(&raw).ok()?;
-    f.set_len(SIZE).ok()?;
-    let mut x = 0x9e37_79b9u32;
-    let chunk: Vec<u8> = (0..(4 << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            b'a' + (x >> 28) as u8
-        })
-        .collect();
-    let mut off = 0;
-    while off < SIZE {
-        f.write_all_at(&chunk, off).ok()?;
-        off += 8 << 20;
-    }
+    virtkit_benches::write_half_data_image(&raw, 4 << 20, |x| b'a' + (x >> 28) as u8).ok()?;
     let r = root.display();
     sh(&format!(
         "qemu-img convert -f raw -O qcow2 {r}/guest.raw {r}/disk.qcow2 && \

@@ -12,7 +12,6 @@
 // criterion_group! generates undocumented public functions.
 #![allow(missing_docs)]
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -20,27 +19,10 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion};
 use virtkit_storage::{convert_to_raw, ConvertOptions};
 
-const SIZE: u64 = 1 << 30;
-
 fn make_source(dir: &Path) -> Option<()> {
     let raw = dir.join("src.raw");
-    let f = std::fs::File::create(&raw).ok()?;
-    f.set_len(SIZE).ok()?;
     // 4 MiB of pseudo-random data every 8 MiB: half data, half holes.
-    let mut x = 0x9e37_79b9u32;
-    let chunk: Vec<u8> = (0..(4 << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect();
-    let mut off = 0;
-    while off < SIZE {
-        f.write_all_at(&chunk, off).ok()?;
-        off += 8 << 20;
-    }
+    virtkit_benches::write_half_data_image(&raw, 4 << 20, |x| (x >> 24) as u8).ok()?;
     for (name, extra) in [("plain.qcow2", &[][..]), ("compressed.qcow2", &["-c"][..])] {
         let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
         args.extend_from_slice(extra);

@@ -34,3 +34,34 @@ pub fn report_ratio(name: &str, bytes: u64, ours_secs: f64, peer: &str, peer_sec
         ours / theirs
     );
 }
+
+/// A 1 GiB raw guest image at `path` for the image benches: `data_len`
+/// bytes of xorshift data every 8 MiB, holes between (half data, half
+/// holes with the 4 MiB the benches use). `byte` maps each random word to
+/// a byte: all 256 values (incompressible) or a small alphabet (about 2:1
+/// under gzip).
+pub fn write_half_data_image(
+    path: &std::path::Path,
+    data_len: usize,
+    byte: impl Fn(u32) -> u8,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const SIZE: u64 = 1 << 30;
+    let f = std::fs::File::create(path)?;
+    f.set_len(SIZE)?;
+    let mut x = 0x9e37_79b9u32;
+    let chunk: Vec<u8> = (0..data_len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            byte(x)
+        })
+        .collect();
+    let mut off = 0;
+    while off < SIZE {
+        f.write_all_at(&chunk, off)?;
+        off += 8 << 20;
+    }
+    Ok(())
+}

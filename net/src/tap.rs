@@ -59,7 +59,11 @@ pub fn open(name: &str, vnet_hdr: bool, multi_queue: bool) -> std::io::Result<Fi
 /// Create tap `name` so that it outlives this process's file descriptor
 /// (a VMM attaches to it later by name).
 pub fn create_persistent(name: &str, multi_queue: bool) -> std::io::Result<()> {
-    let f = open(name, true, multi_queue)?;
+    persist(&open(name, true, multi_queue)?)
+}
+
+/// Keep the tap `f` is attached to after every descriptor is closed.
+pub fn persist(f: &File) -> std::io::Result<()> {
     // SAFETY: TUNSETPERSIST takes an integer argument; no memory is read.
     if unsafe { libc::ioctl(f.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } != 0 {
         return Err(std::io::Error::last_os_error());

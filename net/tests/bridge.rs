@@ -12,7 +12,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::{fetch, out, ready, serve, sh, Relay};
+use common::{fetch, fetch_eventually, out, ready, serve, sh, Relay};
 use virtkit_net::{netns, tap, BridgeBinding, BridgeBindingConfig, BridgeError, MacAddr};
 
 struct World {
@@ -95,7 +95,10 @@ fn mac_spoof_check_vlan_and_teardown() {
     let relay = wire(binding.tap());
     serve(&peer, 7000);
     let to_peer = SocketAddr::from((Ipv4Addr::new(192, 168, 88, 1), 7000));
-    assert_eq!(fetch(&guest, to_peer).as_deref(), Some("hello-7000"));
+    assert_eq!(
+        fetch_eventually(&guest, to_peer).as_deref(),
+        Some("hello-7000")
+    );
 
     // A forged source MAC is dropped at the port.
     let forged = format!(
@@ -109,7 +112,10 @@ fn mac_spoof_check_vlan_and_teardown() {
         "ip -n {} link set eth0 address {mac}",
         w.guest
     )));
-    assert_eq!(fetch(&guest, to_peer).as_deref(), Some("hello-7000"));
+    assert_eq!(
+        fetch_eventually(&guest, to_peer).as_deref(),
+        Some("hello-7000")
+    );
     let table = |family: &str| {
         out(&format!(
             "ip netns exec {} nft list tables {family}",
@@ -165,7 +171,10 @@ fn mac_spoof_check_vlan_and_teardown() {
         "bridge -n {} vlan add dev vpeer vid 100 pvid untagged",
         w.host
     )));
-    assert_eq!(fetch(&guest, to_peer).as_deref(), Some("hello-7000"));
+    assert_eq!(
+        fetch_eventually(&guest, to_peer).as_deref(),
+        Some("hello-7000")
+    );
     drop(relay);
     binding.teardown().unwrap();
     // The host's bridge stays.

@@ -16,7 +16,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use common::{fetch, out, ready, serve, sh, Relay};
+use common::{fetch, fetch_eventually, out, ready, serve, sh, Relay};
 use virtkit_net::{netns, tap, MacAddr, Masquerade, MasqueradeConfig, PortForward, Protocol};
 
 /// The three namespaces; removed on drop.
@@ -126,9 +126,13 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
     })
     .unwrap();
     // Persistent, so that the guest keeps its address while the relay is
-    // rewired below.
-    netns::run_in(Some(&guest), || tap::create_persistent("eth0", false)).unwrap();
-    let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
+    // rewired.
+    let theirs = netns::run_in(Some(&guest), || {
+        let f = tap::open("eth0", false, false)?;
+        tap::persist(&f)?;
+        Ok(f)
+    })
+    .unwrap();
     assert!(sh(&format!(
         "ip -n {} link set eth0 address {mac} mtu 1400 up",
         w.guest
@@ -143,7 +147,7 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
     }
     let pod_addr = |port| SocketAddr::from((Ipv4Addr::new(192, 168, 77, 2), port));
     assert_eq!(
-        fetch(&outside, pod_addr(8080)).as_deref(),
+        fetch_eventually(&outside, pod_addr(8080)).as_deref(),
         Some("hello-8080")
     );
     assert_eq!(
@@ -158,14 +162,20 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
     );
 
     // Egress: the outside sees the pod's address, not 10.0.2.2.
+    // The outside answers each connection with the address it came from.
     let seen = netns::run_in(Some(&outside), || TcpListener::bind(("192.168.77.1", 7070))).unwrap();
-    let from = std::thread::spawn(move || seen.accept().map(|(_, peer)| peer.ip()));
-    assert!(fetch(
-        &guest,
-        SocketAddr::from((Ipv4Addr::new(192, 168, 77, 1), 7070))
-    )
-    .is_none());
-    assert_eq!(from.join().unwrap().unwrap().to_string(), "192.168.77.2");
+    std::thread::spawn(move || {
+        for mut s in seen.incoming().flatten() {
+            if let Ok(peer) = s.peer_addr() {
+                let _ = std::io::Write::write_all(&mut s, peer.ip().to_string().as_bytes());
+            }
+        }
+    });
+    let outside_addr = SocketAddr::from((Ipv4Addr::new(192, 168, 77, 1), 7070));
+    assert_eq!(
+        fetch_eventually(&guest, outside_addr).as_deref(),
+        Some("192.168.77.2")
+    );
 
     // No ports declared: every port but the reserved ones. A second setup
     // with the same tag finds and replaces the first binding's leftovers.
@@ -181,11 +191,11 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
     let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
     let relay = Relay::start(ours, theirs);
     assert_eq!(
-        fetch(&outside, pod_addr(9090)).as_deref(),
+        fetch_eventually(&outside, pod_addr(9090)).as_deref(),
         Some("hello-9090")
     );
     assert_eq!(
-        fetch(&outside, pod_addr(8080)).as_deref(),
+        fetch_eventually(&outside, pod_addr(8080)).as_deref(),
         Some("hello-8080")
     );
     assert_eq!(fetch(&outside, pod_addr(49152)), None);
@@ -239,8 +249,14 @@ fn dual_stack_guest_gets_its_ipv6_address_by_dhcpv6() {
     let binding = Masquerade::setup(Some(pod.clone()), cfg).unwrap();
     let tap_name = binding.names().tap.clone();
     let ours = netns::run_in(Some(&pod), move || tap::open(&tap_name, false, false)).unwrap();
-    netns::run_in(Some(&guest), || tap::create_persistent("eth0", false)).unwrap();
-    let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
+    // Persistent, so that the guest keeps its address while the relay is
+    // rewired.
+    let theirs = netns::run_in(Some(&guest), || {
+        let f = tap::open("eth0", false, false)?;
+        tap::persist(&f)?;
+        Ok(f)
+    })
+    .unwrap();
     assert!(sh(&format!(
         "ip netns exec {g} sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip -n {g} link set eth0 address {mac} up",
         g = w.guest
@@ -276,7 +292,10 @@ fn dual_stack_guest_gets_its_ipv6_address_by_dhcpv6() {
 
     serve(&guest, 8080);
     let to = SocketAddr::from(("fd00:77::2".parse::<std::net::Ipv6Addr>().unwrap(), 8080));
-    assert_eq!(fetch(&outside, to).as_deref(), Some("hello-8080"));
+    assert_eq!(
+        fetch_eventually(&outside, to).as_deref(),
+        Some("hello-8080")
+    );
     binding.teardown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -122,3 +122,16 @@ pub fn fetch(ns: &Path, to: SocketAddr) -> Option<String> {
     .ok()
     .filter(|t| !t.is_empty())
 }
+
+/// [`fetch`] until it answers, up to about 5 s: the first packets to a
+/// new neighbour wait on ARP / neighbour discovery. For the positive
+/// checks only (a negative one must fail at once, every time).
+pub fn fetch_eventually(ns: &Path, to: SocketAddr) -> Option<String> {
+    for _ in 0..6 {
+        if let Some(t) = fetch(ns, to) {
+            return Some(t);
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    None
+}
