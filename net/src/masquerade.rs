@@ -448,7 +448,11 @@ impl Masquerade {
     /// Remove whatever a binding with `tag` left in the namespace (a
     /// crashed process's). Returns whether anything was found.
     pub fn clean_stale(netns: Option<&Path>, tag: &str) -> Result<bool, MasqueradeError> {
-        let names = Names::for_tag(tag);
+        Self::remove_named(netns, &Names::for_tag(tag))
+    }
+
+    /// Remove the table and links called `names`, those that exist.
+    fn remove_named(netns: Option<&Path>, names: &Names) -> Result<bool, MasqueradeError> {
         let mut found = crate::nft::delete_table(netns, "inet", &names.table)
             .map_err(MasqueradeError::Nftables)?;
         let links = names.clone();
@@ -478,11 +482,7 @@ impl Masquerade {
         self.live = false;
         self.dhcp = None;
         self.dhcp6 = None;
-        Self::clean_stale(
-            self.netns.as_deref(),
-            self.names.bridge.trim_start_matches("k6t-"),
-        )
-        .map(drop)
+        Self::remove_named(self.netns.as_deref(), &self.names).map(drop)
     }
 }
 
