@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use common::*;
@@ -57,6 +57,20 @@ fn images(root: &Path) {
     sh(&format!("cd {} && gzip -k -1 disk.raw && xz -k -0 -T1 disk.raw && zstd -q -1 disk.raw && gzip -k -1 v3.qcow2 && xz -k -0 -T1 v3.qcow2 && cp v3.qcow2 auth/ && cp disk.raw auth/", root.display()));
 }
 
+/// Every image flavour served by nginx from `d/www`; scratch in
+/// `d/scratch`; the oracle of the raw image. None (skip) without nginx.
+fn site(d: &Path) -> Option<(PathBuf, Nginx, PathBuf)> {
+    let (root, work, scratch) = (d.join("www"), d.join("nginx"), d.join("scratch"));
+    for p in [&root, &work, &scratch] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::create_dir_all(root.join("auth")).unwrap();
+    images(&root);
+    let nginx = Nginx::start(&root, &work)?;
+    let expected = oracle(&root.join("disk.raw"), &d.join("oracle.raw"), SIZE_BYTES);
+    Some((scratch, nginx, expected))
+}
+
 fn tools() -> bool {
     qemu_img() && have("xz", "xz-utils") && have("zstd", "zstd")
 }
@@ -67,16 +81,9 @@ fn every_http_format_matches_qemu_img_and_uses_scratch_only_where_the_matrix_say
         return;
     }
     let d = dir("http-matrix");
-    let (root, work, scratch) = (d.join("www"), d.join("nginx"), d.join("scratch"));
-    for p in [&root, &work, &scratch] {
-        std::fs::create_dir_all(p).unwrap();
-    }
-    std::fs::create_dir_all(root.join("auth")).unwrap();
-    images(&root);
-    let Some(nginx) = Nginx::start(&root, &work) else {
+    let Some((scratch, nginx, expected)) = site(&d) else {
         return;
     };
-    let expected = oracle(&root.join("disk.raw"), &d.join("oracle.raw"), SIZE_BYTES);
     // (file, detected, scratch expected)
     let cases = [
         ("v3.qcow2", "qcow2", false),
@@ -230,16 +237,9 @@ fn https_with_a_custom_ca_and_basic_auth() {
         return;
     }
     let d = dir("https");
-    let (root, work, scratch) = (d.join("www"), d.join("nginx"), d.join("scratch"));
-    for p in [&root, &work, &scratch] {
-        std::fs::create_dir_all(p).unwrap();
-    }
-    std::fs::create_dir_all(root.join("auth")).unwrap();
-    images(&root);
-    let Some(nginx) = Nginx::start(&root, &work) else {
+    let Some((scratch, nginx, expected)) = site(&d) else {
         return;
     };
-    let expected = oracle(&root.join("disk.raw"), &d.join("oracle.raw"), SIZE_BYTES);
     let ok = objects(&nginx.ca.ca_pem, "importer", "s3cret-pw");
     let https = |f: &str| format!("https://localhost:{}/{f}", nginx.https);
     let ca = "      certConfigMap: tls-certs\n";
@@ -347,14 +347,7 @@ fn dropped_connections_resume_with_ranges_and_fail_cleanly_without() {
     std::fs::create_dir_all(&scratch).unwrap();
     let raw = source_raw(&d);
     let expected = oracle(&raw, &d.join("oracle.raw"), SIZE_BYTES);
-    let q = d.join("v3.qcow2");
-    run(&[
-        "convert",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let q = qcow2_of(&raw, &d.join("v3.qcow2"));
     let raw_bytes = std::fs::read(&raw).unwrap();
 
     // Dropped twice mid-body: resumed with Range, same bytes.
@@ -455,17 +448,9 @@ fn dropped_connections_resume_with_ranges_and_fail_cleanly_without() {
 #[test]
 fn a_full_target_filesystem_fails_and_leaves_nothing() {
     let d = dir("full");
-    let mnt = d.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+    let Some(mnt) = Mount::tmpfs(&d.join("mnt"), "4m") else {
         return;
-    }
+    };
     let raw = source_raw(&d);
     let srv = FaultServer::start(
         std::fs::read(&raw).unwrap(),
@@ -473,49 +458,18 @@ fn a_full_target_filesystem_fails_and_leaves_nothing() {
     );
     let e = import(
         &http_dv(&srv.url("disk"), SIZE, ""),
-        &mnt.join("t.img"),
+        &mnt.0.join("t.img"),
         &Objects::new(),
         &ImportOptions::default(),
         &|_| {},
     )
     .unwrap_err();
-    let left = std::fs::read_dir(&mnt).unwrap().count();
-    let _ = std::process::Command::new("umount").arg(&mnt).status();
     assert_eq!(e.reason(), "IOError", "{e}");
     assert!(e.to_string().contains("No space left"), "{e}");
-    assert_eq!(left, 0, "nothing left on the full filesystem");
-}
-
-/// Unmounts a test mount even when an assertion fails first.
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIP: cannot mount a tmpfs (needs root)");
-        }
-        ok.then(|| Mount(at.to_path_buf()))
-    }
-
-    fn entries(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
+    assert!(
+        mnt.entries().is_empty(),
+        "nothing left on the full filesystem"
+    );
 }
 
 /// ST-19 on a real 64 MiB tmpfs as the scratch directory: a qcow2.gz (a
@@ -533,14 +487,7 @@ fn scratch_on_a_64_mib_tmpfs_waits_then_goes_on_fails_or_cancels() {
         return;
     };
     let raw = source_raw(&d);
-    let qcow = d.join("s.qcow2");
-    run(&[
-        "convert",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        qcow.to_str().unwrap(),
-    ]);
+    let qcow = qcow2_of(&raw, &d.join("s.qcow2"));
     sh(&format!("gzip -1 {}", qcow.display()));
     let srv = FaultServer::start(
         std::fs::read(d.join("s.qcow2.gz")).unwrap(),

@@ -113,14 +113,7 @@ fn containerdisk_from_a_tls_registry_with_auth() {
     );
     wait_port(port);
     let raw = source_raw(&d);
-    let q = d.join("disk.qcow2");
-    run(&[
-        "convert",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let q = qcow2_of(&raw, &d.join("disk.qcow2"));
     let expected = oracle(&raw, &d.join("oracle.raw"), 32 << 20);
     push(
         port,

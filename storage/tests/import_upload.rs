@@ -42,14 +42,7 @@ fn curl_uploads_raw_and_multipart_sync_and_async_over_tls() {
     let scratch = d.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let raw = source_raw(&d);
-    let q = d.join("v3.qcow2");
-    run(&[
-        "convert",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        q.to_str().unwrap(),
-    ]);
+    let q = qcow2_of(&raw, &d.join("v3.qcow2"));
     sh(&format!("xz -k -0 -T1 {}", q.display()));
     let expected = oracle(&raw, &d.join("oracle.raw"), 32 << 20);
     let ca = TestCa::new();

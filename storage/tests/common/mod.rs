@@ -408,3 +408,47 @@ pub fn credential_objects(
     o.add_config_map(cm);
     o
 }
+
+/// `raw` converted to qcow2 (v3) at `out` by qemu-img; returns `out`.
+pub fn qcow2_of(raw: &Path, out: &Path) -> PathBuf {
+    run(&[
+        "convert",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    out.to_path_buf()
+}
+
+/// Unmounts a test mount even when an assertion fails first.
+pub struct Mount(pub std::path::PathBuf);
+
+impl Mount {
+    pub fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        }
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
