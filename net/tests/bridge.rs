@@ -12,22 +12,29 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::{fetch, fetch_eventually, out, ready, serve, sh, Relay};
+use common::{fetch, fetch_eventually, out, ready, serve, sh, wire, NetnsGuard};
 use virtkit_net::{netns, tap, BridgeBinding, BridgeBindingConfig, BridgeError, MacAddr};
 
 struct World {
     host: String,
     peer: String,
     guest: String,
+    _guard: NetnsGuard,
 }
 
 impl World {
     fn new() -> Option<World> {
         let id = std::process::id() % 100_000;
+        let (host, peer, guest) = (
+            format!("vk-br-h-{id}"),
+            format!("vk-br-p-{id}"),
+            format!("vk-br-g-{id}"),
+        );
         let w = World {
-            host: format!("vk-br-h-{id}"),
-            peer: format!("vk-br-p-{id}"),
-            guest: format!("vk-br-g-{id}"),
+            _guard: NetnsGuard(vec![host.clone(), peer.clone(), guest.clone()]),
+            host,
+            peer,
+            guest,
         };
         // The peer's port joins the bridge once the binding has made it.
         let ok = sh(&format!(
@@ -41,14 +48,6 @@ impl World {
             g = w.guest
         ));
         ok.then_some(w)
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for n in [&self.host, &self.peer, &self.guest] {
-            sh(&format!("ip netns del {n} 2>/dev/null"));
-        }
     }
 }
 
@@ -87,12 +86,7 @@ fn mac_spoof_check_vlan_and_teardown() {
         "ip -n {g} link set eth0 address {mac} up && ip -n {g} addr add 192.168.88.10/24 dev eth0",
         g = w.guest
     )));
-    let wire = |tap_name: String| {
-        let ours = netns::run_in(Some(&host), move || tap::open(&tap_name, false, false)).unwrap();
-        let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
-        Relay::start(ours, theirs)
-    };
-    let relay = wire(binding.tap());
+    let relay = wire(&host, &binding.tap(), &guest);
     serve(&peer, 7000);
     let to_peer = SocketAddr::from((Ipv4Addr::new(192, 168, 88, 1), 7000));
     assert_eq!(
@@ -156,7 +150,7 @@ fn mac_spoof_check_vlan_and_teardown() {
         vlans.contains("100 PVID Egress Untagged") && !vlans.contains(" 1 "),
         "{vlans}"
     );
-    let relay = wire(binding.tap());
+    let relay = wire(&host, &binding.tap(), &guest);
     sh(&format!(
         "ip -n {g} neigh flush all; ip -n {p} neigh flush all",
         g = w.guest,

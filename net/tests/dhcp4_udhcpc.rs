@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use common::{is_root, sh};
+use common::{is_root, sh, NetnsGuard};
 use virtkit_net::{netns, Dhcp4Config, Dhcp4Server, Lease4, MacAddr, Route4};
 
 /// Two namespaces and a veth pair between them; removed on drop.
@@ -20,14 +20,17 @@ struct Link {
     client_ns: String,
     server_if: String,
     client_if: String,
+    _guard: NetnsGuard,
 }
 
 impl Link {
     fn new(tag: &str, client_mac: &str) -> Option<Self> {
         let id = std::process::id() % 100_000;
+        let (server_ns, client_ns) = (format!("vk-{tag}-s-{id}"), format!("vk-{tag}-c-{id}"));
         let l = Link {
-            server_ns: format!("vk-{tag}-s-{id}"),
-            client_ns: format!("vk-{tag}-c-{id}"),
+            _guard: NetnsGuard(vec![server_ns.clone(), client_ns.clone()]),
+            server_ns,
+            client_ns,
             server_if: format!("vks{tag}{id}"),
             client_if: format!("vkc{tag}{id}"),
         };
@@ -44,15 +47,6 @@ impl Link {
             ci = l.client_if
         ));
         ok.then_some(l)
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        sh(&format!(
-            "ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null",
-            self.server_ns, self.client_ns
-        ));
     }
 }
 

@@ -16,23 +16,30 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use common::{fetch, fetch_eventually, out, ready, serve, sh, Relay};
-use virtkit_net::{netns, tap, MacAddr, Masquerade, MasqueradeConfig, PortForward, Protocol};
+use common::{fetch, fetch_eventually, out, ready, serve, sh, wire, NetnsGuard};
+use virtkit_net::{netns, MacAddr, Masquerade, MasqueradeConfig, PortForward, Protocol};
 
 /// The three namespaces; removed on drop.
 struct World {
     pod: String,
     outside: String,
     guest: String,
+    _guard: NetnsGuard,
 }
 
 impl World {
     fn new(tag: &str) -> Option<World> {
         let id = std::process::id() % 100_000;
+        let (pod, outside, guest) = (
+            format!("vk-{tag}-p-{id}"),
+            format!("vk-{tag}-o-{id}"),
+            format!("vk-{tag}-g-{id}"),
+        );
         let w = World {
-            pod: format!("vk-{tag}-p-{id}"),
-            outside: format!("vk-{tag}-o-{id}"),
-            guest: format!("vk-{tag}-g-{id}"),
+            _guard: NetnsGuard(vec![pod.clone(), outside.clone(), guest.clone()]),
+            pod,
+            outside,
+            guest,
         };
         let ok = sh(&format!(
             "ip netns add {p} && ip netns add {o} && ip netns add {g} && \
@@ -52,15 +59,6 @@ impl World {
 
     fn ns(name: &str) -> PathBuf {
         netns::named(name)
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        sh(&format!(
-            "ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null",
-            self.pod, self.outside, self.guest
-        ));
     }
 }
 
@@ -120,24 +118,11 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
     assert!(out(&format!("ip -n {} addr show {}", w.pod, names.bridge)).contains("10.0.2.1/24"));
 
     // The "VMM": the guest namespace's eth0 tap wired to the binding's tap.
-    let ours = netns::run_in(Some(&pod), {
-        let t = names.tap.clone();
-        move || tap::open(&t, false, false)
-    })
-    .unwrap();
-    // Persistent, so that the guest keeps its address while the relay is
-    // rewired.
-    let theirs = netns::run_in(Some(&guest), || {
-        let f = tap::open("eth0", false, false)?;
-        tap::persist(&f)?;
-        Ok(f)
-    })
-    .unwrap();
+    let relay = wire(&pod, &names.tap, &guest);
     assert!(sh(&format!(
         "ip -n {} link set eth0 address {mac} mtu 1400 up",
         w.guest
     )));
-    let relay = Relay::start(ours, theirs);
 
     let lease = dhcp_in_guest(&w, &dir);
     assert_eq!(lease.trim(), "10.0.2.2 10.0.2.1 1400");
@@ -183,13 +168,7 @@ fn guest_behind_nat_declared_ports_reserved_ports_and_clean_teardown() {
     std::mem::forget(binding); // as if the process had crashed
     drop(relay);
     let binding = Masquerade::setup(Some(pod.clone()), cfg).unwrap();
-    let ours = netns::run_in(Some(&pod), {
-        let t = names.tap.clone();
-        move || tap::open(&t, false, false)
-    })
-    .unwrap();
-    let theirs = netns::run_in(Some(&guest), || tap::open("eth0", false, false)).unwrap();
-    let relay = Relay::start(ours, theirs);
+    let relay = wire(&pod, &names.tap, &guest);
     assert_eq!(
         fetch_eventually(&outside, pod_addr(9090)).as_deref(),
         Some("hello-9090")
@@ -247,21 +226,11 @@ fn dual_stack_guest_gets_its_ipv6_address_by_dhcpv6() {
         port: 8080,
     }];
     let binding = Masquerade::setup(Some(pod.clone()), cfg).unwrap();
-    let tap_name = binding.names().tap.clone();
-    let ours = netns::run_in(Some(&pod), move || tap::open(&tap_name, false, false)).unwrap();
-    // Persistent, so that the guest keeps its address while the relay is
-    // rewired.
-    let theirs = netns::run_in(Some(&guest), || {
-        let f = tap::open("eth0", false, false)?;
-        tap::persist(&f)?;
-        Ok(f)
-    })
-    .unwrap();
+    let _relay = wire(&pod, &binding.names().tap, &guest);
     assert!(sh(&format!(
         "ip netns exec {g} sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip -n {g} link set eth0 address {mac} up",
         g = w.guest
     )));
-    let _relay = Relay::start(ours, theirs);
 
     let script = dir.join("dhclient.sh");
     let seen = dir.join("seen");

@@ -135,3 +135,30 @@ pub fn fetch_eventually(ns: &Path, to: SocketAddr) -> Option<String> {
     }
     None
 }
+
+/// Deletes these network namespaces when dropped (a test's world).
+pub struct NetnsGuard(pub Vec<String>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            sh(&format!("ip netns del {n} 2>/dev/null"));
+        }
+    }
+}
+
+/// The "VMM": tap `binding_tap` in namespace `host` wired by a relay to
+/// the guest namespace's `eth0` tap, which is created on first use and
+/// made persistent (the guest keeps its address when the relay is
+/// rewired).
+pub fn wire(host: &Path, binding_tap: &str, guest: &Path) -> Relay {
+    let t = binding_tap.to_string();
+    let ours = netns::run_in(Some(host), move || virtkit_net::tap::open(&t, false, false)).unwrap();
+    let theirs = netns::run_in(Some(guest), || {
+        let f = virtkit_net::tap::open("eth0", false, false)?;
+        virtkit_net::tap::persist(&f)?;
+        Ok(f)
+    })
+    .unwrap();
+    Relay::start(ours, theirs)
+}
