@@ -1,5 +1,11 @@
-//! virtkit-devices — Device model: PCI root bus with hotplug, virtio-pci, virtio-net, virtio-blk, i6300esb watchdog, VFIO passthrough, ACPI tables, fw_cfg.
+//! virtkit-devices — the device model: a PCI root bus with 32 slots and
+//! ACPI hotplug, MSI-X, the virtio-pci (modern) transport and virtio-blk
+//! over a [`block::BlockBackend`].
 //!
-//! **Status: not implemented yet.** This crate exists so the workspace has
-//! its final shape and dependency direction; it exports nothing. The work
-//! is tracked as issue 8; see `docs/SPEC-COVERAGE.md` for what is done.
+//! Devices attach to a [`virtkit_core::runtime::Vm`] after it is built and
+//! before it starts; see `README.md` for an example and `DESIGN.md` for
+//! the choices made.
+
+pub mod block;
+pub mod pci;
+pub mod virtio;

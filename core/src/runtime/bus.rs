@@ -68,6 +68,12 @@ impl Bus {
         Ok(())
     }
 
+    /// Unmap the range that starts at `base`, returning its length and
+    /// device.
+    pub fn remove(&mut self, base: u64) -> Option<(u64, SharedDevice)> {
+        self.ranges.remove(&base)
+    }
+
     fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
         let (&base, (len, dev)) = self.ranges.range(..=addr).next_back()?;
         let end = base.checked_add(*len)?;

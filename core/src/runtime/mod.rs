@@ -16,6 +16,7 @@
 pub mod boot;
 pub mod bus;
 pub mod devices;
+pub mod irq;
 pub mod memory;
 pub mod state;
 mod vcpu;
@@ -23,6 +24,7 @@ mod vm;
 
 pub use boot::BootState;
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
+pub use irq::Interrupts;
 pub use state::{StateError, VcpuState, VmClockState};
 pub use vm::{dirty_pages, DirtyBitmap, RunState, Vm, VmBuilder, VmConfig};
 

@@ -16,6 +16,7 @@ use zerocopy::little_endian::U32;
 
 use super::boot::{self, BootState};
 use super::bus::{Bus, SharedDevice};
+use super::irq::Interrupts;
 use super::devices::{
     ExitRequest, PowerControl, ResetControl, SerialDevice, COM1_IRQ, COM1_PORT, PM1A_CNT_PORT,
     RESET_PORT,
@@ -251,12 +252,12 @@ impl VmBuilder {
         Ok(Vm {
             config: cfg,
             _kvm: kvm,
-            vm_fd,
+            vm_fd: Arc::new(vm_fd),
             memory,
             ranges,
             vcpus,
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
+            pio: Mutex::new(Arc::new(pio)),
+            mmio: Mutex::new(Arc::new(mmio)),
             ctl,
             handles: Mutex::new(Vec::new()),
             state: Mutex::new(RunState::Created),
@@ -266,6 +267,11 @@ impl VmBuilder {
             cpuid_signature,
         })
     }
+}
+
+/// Lock a mutex, recovering from poisoning (the data are plain values).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn cpuid_signature(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> u64 {
@@ -363,12 +369,12 @@ pub fn dirty_pages(bits: &[u64], base: u64) -> impl Iterator<Item = u64> + '_ {
 pub struct Vm {
     config: VmConfig,
     _kvm: Kvm,
-    vm_fd: VmFd,
+    vm_fd: Arc<VmFd>,
     memory: GuestMem,
     ranges: Vec<RamRange>,
     vcpus: Vec<Arc<Mutex<VcpuFd>>>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    pio: Mutex<Arc<Bus>>,
+    mmio: Mutex<Arc<Bus>>,
     ctl: Arc<Control>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     state: Mutex<RunState>,
@@ -488,6 +494,48 @@ impl Vm {
         Ok(())
     }
 
+    /// Add a port-I/O device at `[base, base + len)` to a VM that has not
+    /// started yet (devices that need the VM's memory or [`Vm::interrupts`]
+    /// are made after [`VmBuilder::build`]).
+    pub fn add_pio_device(
+        &self,
+        base: u64,
+        len: u64,
+        dev: SharedDevice,
+    ) -> Result<(), RuntimeError> {
+        self.expect_state("add a device to", &[RunState::Created])?;
+        Arc::make_mut(&mut lock(&self.pio)).insert(base, len, dev)?;
+        Ok(())
+    }
+
+    /// Add an MMIO device at `[base, base + len)` to a VM that has not
+    /// started yet.
+    pub fn add_mmio_device(
+        &self,
+        base: u64,
+        len: u64,
+        dev: SharedDevice,
+    ) -> Result<(), RuntimeError> {
+        self.expect_state("add a device to", &[RunState::Created])?;
+        Arc::make_mut(&mut lock(&self.mmio)).insert(base, len, dev)?;
+        Ok(())
+    }
+
+    /// Unmap the port-I/O device at `base` from a VM that has not started
+    /// yet, returning it (a device that takes over a range can forward to
+    /// what was there, as the PCI config port does for 0xCF9 reset).
+    pub fn remove_pio_device(&self, base: u64) -> Result<Option<SharedDevice>, RuntimeError> {
+        self.expect_state("remove a device from", &[RunState::Created])?;
+        Ok(Arc::make_mut(&mut lock(&self.pio))
+            .remove(base)
+            .map(|(_, dev)| dev))
+    }
+
+    /// A handle through which devices raise interrupts in this VM.
+    pub fn interrupts(&self) -> Interrupts {
+        Interrupts::new(self.vm_fd.clone())
+    }
+
     /// Start the vCPU threads.
     pub fn start(&self) -> Result<(), RuntimeError> {
         self.expect_state("start", &[RunState::Created])?;
@@ -497,8 +545,8 @@ impl Vm {
             let (vcpu, ctl, pio, mmio) = (
                 vcpu.clone(),
                 self.ctl.clone(),
-                self.pio.clone(),
-                self.mmio.clone(),
+                lock(&self.pio).clone(),
+                lock(&self.mmio).clone(),
             );
             let id = id as u8;
             let h = std::thread::Builder::new()

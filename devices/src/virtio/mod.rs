@@ -1,0 +1,92 @@
+//! Virtio devices and their PCI transport. A [`VirtioDevice`] knows its
+//! queues and configuration; [`pci::VirtioPciDevice`] makes it a PCI
+//! function (virtio 1.x "modern" layout) and hands it the queues when the
+//! driver sets DRIVER_OK.
+
+pub mod block;
+pub mod pci;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use virtkit_core::runtime::memory::GuestMem;
+
+/// Feature bit: virtio 1.x device (mandatory for the modern transport).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: used/avail event indexes.
+pub const VIRTIO_F_RING_EVENT_IDX: u64 = 1 << 29;
+/// Device status: the guest noticed the device.
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+/// Device status: the guest has a driver.
+pub const STATUS_DRIVER: u8 = 2;
+/// Device status: the driver is ready.
+pub const STATUS_DRIVER_OK: u8 = 4;
+/// Device status: feature negotiation is complete.
+pub const STATUS_FEATURES_OK: u8 = 8;
+/// Device status: the device hit an error and needs a reset.
+pub const STATUS_NEEDS_RESET: u8 = 0x40;
+/// Device status: the driver gave up.
+pub const STATUS_FAILED: u8 = 0x80;
+/// "No MSI-X vector" in the common configuration.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// How a device tells the driver that it used buffers or changed its
+/// configuration.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Buffers were used on queue `index`.
+    fn queue(&self, index: u16);
+    /// The device configuration changed.
+    fn config_changed(&self);
+}
+
+/// Why a device could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver left a queue the device needs unready or invalid.
+    #[error("virtio queue {index} is not usable: {why}")]
+    BadQueue {
+        /// Queue index.
+        index: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// A host resource could not be set up.
+    #[error("{0}")]
+    Host(String),
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// Guest memory.
+    pub memory: GuestMem,
+    /// Every queue, ready or not, in index order.
+    pub queues: Vec<Queue>,
+    /// Features both sides agreed on.
+    pub features: u64,
+    /// Where to signal used buffers.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (1 net, 2 block, ...).
+    fn device_type(&self) -> u16;
+    /// PCI class code for the transport (base, sub, interface).
+    fn pci_class(&self) -> [u8; 3];
+    /// A short name for logs.
+    fn name(&self) -> &str;
+    /// The largest size of each queue; the count is the number of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Features the device offers (the transport adds VERSION_1).
+    fn features(&self) -> u64;
+    /// Driver read of device configuration at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Driver write of device configuration at `offset`.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Start serving the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// The driver notified queue `index`.
+    fn queue_notify(&mut self, index: u16);
+    /// Stop and forget the queues (driver reset or unplug).
+    fn reset(&mut self);
+}
