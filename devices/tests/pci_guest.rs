@@ -1,0 +1,364 @@
+//! The PCI bus and virtio-blk seen from inside a running guest: tiny
+//! long-mode payloads scan the bus through 0xCF8/0xCFC, watch a hotplug
+//! come and go through the ACPI hotplug registers, and drive a virtio-blk
+//! disk through the modern transport. Each test skips, saying why, only
+//! where /dev/kvm is absent.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iced_x86::code_asm::*;
+use virtkit_core::payload::{Entry, Payload, LOAD_ADDR, STACK_TOP};
+use virtkit_core::runtime::{BusDevice, Vm, VmBuilder, VmConfig, VmExit};
+use virtkit_devices::block::{RawFile, RawOptions};
+use virtkit_devices::pci::{PciBus, PciLayout, SlotState};
+use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
+use virtkit_devices::virtio::pci::VirtioPciDevice;
+
+const SERIAL: u32 = 0x3f8;
+/// A test-only port through which the payload tells the host where it is.
+const DOORBELL: u64 = 0x510;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn kvm_present() -> bool {
+    let ok = Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("SKIP: /dev/kvm is absent on this host; guest-side PCI tests need it");
+    }
+    ok
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+struct Doorbell(Sender<u8>);
+impl BusDevice for Doorbell {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        let _ = self.0.send(data[0]);
+    }
+}
+
+fn vm(out: &Capture) -> Vm {
+    VmBuilder::new(VmConfig {
+        name: "pci".into(),
+        vcpus: 1,
+        memory_bytes: 64 << 20,
+    })
+    .serial_output(Box::new(out.clone()))
+    .build()
+    .unwrap()
+}
+
+fn disk(dir: &Path, name: &str, sectors: usize) -> PathBuf {
+    let path = dir.join(name);
+    let mut bytes = vec![0u8; sectors * 512];
+    for (i, s) in bytes.chunks_mut(512).enumerate() {
+        s[..12].copy_from_slice(format!("sector-{i:05}").as_bytes());
+    }
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn blk(vm: &Vm, path: &Path) -> Arc<Mutex<VirtioPciDevice>> {
+    let backend = RawFile::open(path, RawOptions::default()).unwrap();
+    let dev = VirtioBlock::new(Arc::new(backend), BlockConfig::default());
+    Arc::new(Mutex::new(
+        VirtioPciDevice::new(Box::new(dev), vm.memory().clone(), Arc::new(vm.interrupts()))
+            .unwrap(),
+    ))
+}
+
+fn long_mode(a: &mut CodeAssembler) -> Payload {
+    Payload {
+        code: a.assemble(LOAD_ADDR).unwrap(),
+        load_addr: LOAD_ADDR,
+        entry: Entry::Long {
+            rip: LOAD_ADDR,
+            rsp: STACK_TOP,
+        },
+        min_memory: 1 << 20,
+    }
+}
+
+/// `mov dx, port; out dx, al`.
+fn out_al(a: &mut CodeAssembler, port: u32) {
+    a.mov(dx, port).unwrap();
+    a.out(dx, al).unwrap();
+}
+
+/// eax = config dword `reg` of slot ebx (clobbers edx).
+fn config_read(a: &mut CodeAssembler, reg: u32) {
+    a.mov(eax, ebx).unwrap();
+    a.shl(eax, 11).unwrap();
+    a.or(eax, (0x8000_0000u32 | reg) as i32).unwrap();
+    a.mov(dx, 0xcf8u32).unwrap();
+    a.out(dx, eax).unwrap();
+    a.mov(dx, 0xcfcu32).unwrap();
+    a.in_(eax, dx).unwrap();
+}
+
+fn power_off(a: &mut CodeAssembler) {
+    let mut hang = a.create_label();
+    a.mov(dx, 0x604u32).unwrap();
+    a.mov(ax, 0x2000u32).unwrap();
+    a.out(dx, ax).unwrap();
+    a.set_label(&mut hang).unwrap();
+    a.hlt().unwrap();
+    a.jmp(hang).unwrap();
+}
+
+/// Scan slots 0..32 three times: at boot, after PCIU shows a plug, and
+/// after the payload ejected what PCID asked for. Each scan prints one
+/// line, `#` for a present device and `.` for an empty slot; between
+/// scans the GPE0 status byte is printed as a digit.
+fn hotplug_payload() -> Payload {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut scan = a.create_label();
+    let mut wait_up = a.create_label();
+    let mut wait_down = a.create_label();
+    a.call(scan).unwrap();
+    a.mov(al, 1u32).unwrap();
+    out_al(&mut a, DOORBELL as u32);
+    a.set_label(&mut wait_up).unwrap();
+    a.mov(dx, 0xae00u32).unwrap();
+    a.in_(eax, dx).unwrap();
+    a.test(eax, eax).unwrap();
+    a.jz(wait_up).unwrap();
+    // GPE0 status (bit 1 = PCI hotplug), printed as a digit, then cleared.
+    a.mov(dx, 0x620u32).unwrap();
+    a.in_(al, dx).unwrap();
+    a.mov(cl, al).unwrap();
+    a.out(dx, al).unwrap();
+    a.mov(al, cl).unwrap();
+    a.add(al, b'0' as i32).unwrap();
+    out_al(&mut a, SERIAL);
+    a.call(scan).unwrap();
+    a.mov(al, 2u32).unwrap();
+    out_al(&mut a, DOORBELL as u32);
+    a.set_label(&mut wait_down).unwrap();
+    a.mov(dx, 0xae04u32).unwrap();
+    a.in_(eax, dx).unwrap();
+    a.test(eax, eax).unwrap();
+    a.jz(wait_down).unwrap();
+    a.mov(dx, 0xae08u32).unwrap();
+    a.out(dx, eax).unwrap();
+    a.call(scan).unwrap();
+    power_off(&mut a);
+
+    let mut next = a.create_label();
+    let mut present = a.create_label();
+    a.set_label(&mut scan).unwrap();
+    a.xor(ebx, ebx).unwrap();
+    a.set_label(&mut next).unwrap();
+    config_read(&mut a, 0);
+    a.mov(cl, b'#' as u32).unwrap();
+    a.cmp(eax, -1).unwrap();
+    a.jne(present).unwrap();
+    a.mov(cl, b'.' as u32).unwrap();
+    a.set_label(&mut present).unwrap();
+    a.mov(al, cl).unwrap();
+    out_al(&mut a, SERIAL);
+    a.inc(ebx).unwrap();
+    a.cmp(ebx, 32).unwrap();
+    a.jb(next).unwrap();
+    a.mov(al, b'\n' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    a.ret().unwrap();
+    long_mode(&mut a)
+}
+
+#[test]
+fn guest_sees_a_hotplugged_device_appear_and_go() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Capture::default();
+    let vm = vm(&out);
+    let bus = PciBus::new(PciLayout::for_memory(64 << 20));
+    bus.add(blk(&vm, &disk(dir.path(), "cold.raw", 8))).unwrap();
+    bus.attach(&vm).unwrap();
+    let (tx, rx) = channel();
+    vm.add_pio_device(DOORBELL, 1, Arc::new(Mutex::new(Doorbell(tx))))
+        .unwrap();
+    hotplug_payload().load(&vm).unwrap();
+    vm.start().unwrap();
+
+    assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), 1, "first scan done");
+    let hot = blk(&vm, &disk(dir.path(), "hot.raw", 8));
+    let at = bus.hotplug(hot, None).unwrap();
+    assert_eq!(at.device, 2);
+    assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), 2, "second scan done");
+    bus.request_unplug(2).unwrap();
+    bus.wait_ejected(2, TIMEOUT).unwrap();
+    assert_eq!(bus.slots()[2], SlotState::Free);
+    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+
+    let (before, after) = (".".repeat(30), ".".repeat(29));
+    assert_eq!(
+        out.text(),
+        format!("##{before}\n2###{after}\n##{before}\n"),
+        "boot scan, GPE status 2 then the scan after the plug, the scan after the eject"
+    );
+    // Nothing of the hot disk stays open: it can be locked exclusively.
+    RawFile::open(&dir.path().join("hot.raw"), RawOptions::default()).unwrap();
+}
+
+/// Find the virtio-blk function, enable it, set queue 0 up at 0x20000,
+/// write `written-by-guest` into sector 2, read sector 1 back and print
+/// its first 12 bytes and both status bytes.
+fn virtio_blk_payload() -> Payload {
+    const DESC: u64 = 0x2_0000;
+    const AVAIL: u64 = 0x2_1000;
+    const USED: u64 = 0x2_2000;
+    const HEADER: u64 = 0x2_3000;
+    const DATA: u64 = 0x2_4000;
+    const STATUS: u64 = 0x2_5000;
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut find = a.create_label();
+    let mut found = a.create_label();
+    let mut wait1 = a.create_label();
+    let mut wait2 = a.create_label();
+    let mut print = a.create_label();
+    a.xor(ebx, ebx).unwrap();
+    a.set_label(&mut find).unwrap();
+    config_read(&mut a, 0);
+    a.cmp(eax, 0x1042_1af4).unwrap();
+    a.je(found).unwrap();
+    a.inc(ebx).unwrap();
+    a.cmp(ebx, 32).unwrap();
+    a.jb(find).unwrap();
+    a.mov(al, b'?' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    power_off(&mut a);
+
+    a.set_label(&mut found).unwrap();
+    config_read(&mut a, 0x10);
+    a.and(eax, -16).unwrap();
+    a.mov(esi, eax).unwrap(); // rsi = BAR 0 (zero-extended)
+    config_read(&mut a, 0x04);
+    a.mov(eax, 0x6).unwrap(); // memory decode + bus master
+    a.out(dx, eax).unwrap();
+    // Reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK.
+    for status in [0u32, 1, 3] {
+        a.mov(byte_ptr(rsi + 0x14), status).unwrap();
+    }
+    a.mov(dword_ptr(rsi + 0x08), 1u32).unwrap();
+    a.mov(dword_ptr(rsi + 0x0c), 1u32).unwrap();
+    a.mov(byte_ptr(rsi + 0x14), 0xbu32).unwrap();
+    // Queue 0: 8 entries at DESC/AVAIL/USED, enabled; DRIVER_OK.
+    a.mov(word_ptr(rsi + 0x16), 0u32).unwrap();
+    a.mov(word_ptr(rsi + 0x18), 8u32).unwrap();
+    for (off, addr) in [(0x20, DESC), (0x28, AVAIL), (0x30, USED)] {
+        a.mov(dword_ptr(rsi + off), addr as u32).unwrap();
+        a.mov(dword_ptr(rsi + off + 4), 0u32).unwrap();
+    }
+    a.mov(word_ptr(rsi + 0x1c), 1u32).unwrap();
+    a.mov(byte_ptr(rsi + 0x14), 0xfu32).unwrap();
+    // Descriptors: header -> data -> status.
+    let desc = |a: &mut CodeAssembler, i: u64, addr: u64, len: u32, flags: u32, next: u32| {
+        a.mov(rax, addr).unwrap();
+        a.mov(qword_ptr(DESC + 16 * i), rax).unwrap();
+        a.mov(dword_ptr(DESC + 16 * i + 8), len).unwrap();
+        a.mov(word_ptr(DESC + 16 * i + 12), flags).unwrap();
+        a.mov(word_ptr(DESC + 16 * i + 14), next).unwrap();
+    };
+    desc(&mut a, 0, HEADER, 16, 1, 1);
+    desc(&mut a, 1, DATA, 512, 1, 2);
+    desc(&mut a, 2, STATUS, 1, 2, 0);
+    // Request 1: OUT sector 2 with "written-by-guest" then 'G's.
+    a.mov(rdi, DATA).unwrap();
+    a.mov(al, b'G' as u32).unwrap();
+    a.mov(ecx, 512u32).unwrap();
+    a.rep().stosb().unwrap();
+    a.mov(rax, u64::from_le_bytes(*b"written-")).unwrap();
+    a.mov(qword_ptr(DATA), rax).unwrap();
+    a.mov(rax, u64::from_le_bytes(*b"by-guest")).unwrap();
+    a.mov(qword_ptr(DATA + 8), rax).unwrap();
+    a.mov(dword_ptr(HEADER), 1u32).unwrap();
+    a.mov(dword_ptr(HEADER + 4), 0u32).unwrap();
+    a.mov(qword_ptr(HEADER + 8), 2).unwrap();
+    a.mov(byte_ptr(STATUS), 0xffu32).unwrap();
+    a.mov(word_ptr(AVAIL + 4), 0u32).unwrap();
+    a.mov(word_ptr(AVAIL + 2), 1u32).unwrap();
+    a.mov(word_ptr(rsi + 0x3000), 0u32).unwrap();
+    a.set_label(&mut wait1).unwrap();
+    a.cmp(word_ptr(USED + 2), 1).unwrap();
+    a.jb(wait1).unwrap();
+    a.mov(al, byte_ptr(STATUS)).unwrap();
+    a.add(al, b'0' as i32).unwrap();
+    out_al(&mut a, SERIAL);
+    // Request 2: IN sector 1, the data descriptor now device-writable.
+    a.mov(dword_ptr(HEADER), 0u32).unwrap();
+    a.mov(qword_ptr(HEADER + 8), 1).unwrap();
+    a.mov(word_ptr(DESC + 16 + 12), 3u32).unwrap();
+    a.mov(byte_ptr(STATUS), 0xffu32).unwrap();
+    a.mov(word_ptr(AVAIL + 6), 0u32).unwrap();
+    a.mov(word_ptr(AVAIL + 2), 2u32).unwrap();
+    a.mov(word_ptr(rsi + 0x3000), 0u32).unwrap();
+    a.set_label(&mut wait2).unwrap();
+    a.cmp(word_ptr(USED + 2), 2).unwrap();
+    a.jb(wait2).unwrap();
+    a.mov(al, byte_ptr(STATUS)).unwrap();
+    a.add(al, b'0' as i32).unwrap();
+    out_al(&mut a, SERIAL);
+    a.mov(al, b':' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    a.mov(rbx, DATA).unwrap();
+    a.mov(ecx, 12u32).unwrap();
+    a.set_label(&mut print).unwrap();
+    a.mov(al, byte_ptr(rbx)).unwrap();
+    out_al(&mut a, SERIAL);
+    a.inc(rbx).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(print).unwrap();
+    a.mov(al, b'\n' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    power_off(&mut a);
+    long_mode(&mut a)
+}
+
+#[test]
+fn guest_reads_and_writes_a_virtio_blk_disk() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = disk(dir.path(), "disk.raw", 16);
+    let out = Capture::default();
+    let vm = vm(&out);
+    let bus = PciBus::new(PciLayout::for_memory(64 << 20));
+    // Put it in a slot other than the first, so the payload has to scan.
+    bus.add_at(4, blk(&vm, &path)).unwrap();
+    bus.attach(&vm).unwrap();
+    virtio_blk_payload().load(&vm).unwrap();
+    vm.start().unwrap();
+    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    assert_eq!(out.text(), "00:sector-00001\n", "both requests OK, sector 1 read");
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(&file[1024..1040], b"written-by-guest");
+    assert!(file[1040..1536].iter().all(|b| *b == b'G'));
+    assert_eq!(&file[1536..1548], b"sector-00003", "nothing past sector 2");
+}
