@@ -6,6 +6,7 @@
 //! before it starts; see `README.md` for an example and `DESIGN.md` for
 //! the choices made.
 
+pub mod acpi;
 pub mod block;
 pub mod pci;
 pub mod virtio;

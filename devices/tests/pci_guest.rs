@@ -15,6 +15,7 @@ use std::time::Duration;
 use iced_x86::code_asm::*;
 use virtkit_core::payload::{Entry, Payload, LOAD_ADDR, STACK_TOP};
 use virtkit_core::runtime::{BusDevice, Vm, VmBuilder, VmConfig, VmExit};
+use virtkit_devices::acpi::AcpiEvents;
 use virtkit_devices::block::{RawFile, RawOptions};
 use virtkit_devices::pci::{PciBus, PciLayout, SlotState};
 use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
@@ -199,7 +200,9 @@ fn guest_sees_a_hotplugged_device_appear_and_go() {
     let vm = vm(&out);
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     bus.add(blk(&vm, &disk(dir.path(), "cold.raw", 8))).unwrap();
-    bus.attach(&vm).unwrap();
+    let events = AcpiEvents::new();
+    events.attach(&vm).unwrap();
+    bus.attach(&vm, &events).unwrap();
     let (tx, rx) = channel();
     vm.add_pio_device(DOORBELL, 1, Arc::new(Mutex::new(Doorbell(tx))))
         .unwrap();
@@ -352,7 +355,9 @@ fn guest_reads_and_writes_a_virtio_blk_disk() {
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     // Put it in a slot other than the first, so the payload has to scan.
     bus.add_at(4, blk(&vm, &path)).unwrap();
-    bus.attach(&vm).unwrap();
+    let events = AcpiEvents::new();
+    events.attach(&vm).unwrap();
+    bus.attach(&vm, &events).unwrap();
     virtio_blk_payload().load(&vm).unwrap();
     vm.start().unwrap();
     assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));

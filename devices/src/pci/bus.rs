@@ -8,9 +8,8 @@ use virtkit_core::runtime::{BusDevice, RuntimeError, SharedDevice, Vm};
 
 use super::alloc::AddressWindow;
 use super::config::{ConfigSpace, PciIds, BAR_COUNT, COMMAND_MEMORY};
-use super::hotplug::{
-    GsiLine, HotplugRegisters, GPE0_LEN, GPE0_PORT, HOTPLUG_LEN, HOTPLUG_PORT, SCI_GSI,
-};
+use super::hotplug::{HotplugRegisters, HOTPLUG_LEN, HOTPLUG_PORT};
+use crate::acpi::AcpiEvents;
 use super::{
     BarKind, BarSpec, PciAddress, PciDevice, PciError, HOST_BRIDGE_SLOT, Q35_LPC_SLOT,
     SLOT_COUNT,
@@ -147,8 +146,9 @@ impl PciBus {
 
     /// Map the bus into `vm` (before it starts): config ports 0xCF8–0xCFF
     /// (taking over 0xCF9 reset and forwarding byte accesses to it), ECAM,
-    /// both MMIO windows, the hotplug block and GPE0 with the SCI on GSI 9.
-    pub fn attach(&self, vm: &Vm) -> Result<(), RuntimeError> {
+    /// both MMIO windows and the hotplug block, whose events go out as
+    /// GPE0 bit 1 of `events` (attach those to the VM too).
+    pub fn attach(&self, vm: &Vm, events: &AcpiEvents) -> Result<(), RuntimeError> {
         let reset = vm.remove_pio_device(CONFIG_ADDRESS_PORT + 1)?;
         let port = |kind| -> SharedDevice {
             Arc::new(Mutex::new(BusWindow {
@@ -163,11 +163,7 @@ impl PciBus {
         let (base, len) = self.layout.mmio64;
         vm.add_mmio_device(base, len, port(Window::Mmio { base }))?;
         vm.add_pio_device(HOTPLUG_PORT, HOTPLUG_LEN, port(Window::Hotplug))?;
-        vm.add_pio_device(GPE0_PORT, GPE0_LEN, port(Window::Gpe))?;
-        self.inner().hotplug.set_sci(Arc::new(GsiLine {
-            interrupts: vm.interrupts(),
-            gsi: SCI_GSI,
-        }));
+        self.inner().hotplug.set_events(events.clone());
         Ok(())
     }
 
@@ -499,7 +495,6 @@ enum Window {
     Ecam,
     Mmio { base: u64 },
     Hotplug,
-    Gpe,
 }
 
 /// One of the bus's address ranges, as a device on the VM's PIO/MMIO bus.
@@ -573,7 +568,6 @@ impl BusDevice for BusWindow {
                     *b = bytes.get((offset as usize & 3) + i).copied().unwrap_or(0);
                 }
             }
-            Window::Gpe => self.bus.inner().hotplug.read_gpe(offset, data),
         }
     }
 
@@ -610,7 +604,6 @@ impl BusDevice for BusWindow {
                     self.bus.eject(eject);
                 }
             }
-            Window::Gpe => self.bus.inner().hotplug.write_gpe(offset, data),
         }
     }
 }
