@@ -82,14 +82,22 @@ impl RawFile {
             .open(path)
             .map_err(open_err)?;
         let exclusive = !options.read_only && !options.shareable;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
         // SAFETY: flock on an fd we own; no memory is passed.
         if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 BlockError::Locked {
                     path: path.to_path_buf(),
-                    held: if exclusive { "shared or exclusive" } else { "exclusive" },
+                    held: if exclusive {
+                        "shared or exclusive"
+                    } else {
+                        "exclusive"
+                    },
                 }
             } else {
                 open_err(e)
@@ -121,7 +129,10 @@ impl RawFile {
             Some(end) if end <= self.size => Ok(()),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("range {offset}+{len} is past the end of the disk ({})", self.size),
+                format!(
+                    "range {offset}+{len} is past the end of the disk ({})",
+                    self.size
+                ),
             )),
         }
     }
@@ -245,13 +256,20 @@ mod tests {
         assert!(disk.write_at(&buf, u64::MAX - 1).is_err());
         let before = std::fs::metadata(&path).unwrap().blocks();
         disk.discard(0, 512 << 10).unwrap();
-        assert!(std::fs::metadata(&path).unwrap().blocks() < before, "hole punched");
+        assert!(
+            std::fs::metadata(&path).unwrap().blocks() < before,
+            "hole punched"
+        );
         disk.write_zeroes(512 << 10, 4096, false).unwrap();
         let mut z = vec![1u8; 4096];
         disk.read_at(&mut z, 512 << 10).unwrap();
         assert!(z.iter().all(|b| *b == 0));
         disk.flush().unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20, "size kept");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            1 << 20,
+            "size kept"
+        );
     }
 
     #[test]
@@ -286,6 +304,9 @@ mod tests {
         assert!(ro.write_at(b"x", 0).is_err());
         assert!(ro.discard(0, 512).is_err());
         drop((a, b));
-        assert!(RawFile::open(&path, RawOptions::default()).is_err(), "ro still holds");
+        assert!(
+            RawFile::open(&path, RawOptions::default()).is_err(),
+            "ro still holds"
+        );
     }
 }

@@ -10,3 +10,4 @@ pub mod acpi;
 pub mod block;
 pub mod pci;
 pub mod virtio;
+pub mod watchdog;

@@ -15,11 +15,13 @@ use std::time::Duration;
 use iced_x86::code_asm::*;
 use virtkit_core::payload::{Entry, Payload, LOAD_ADDR, STACK_TOP};
 use virtkit_core::runtime::{BusDevice, Vm, VmBuilder, VmConfig, VmExit};
+use virtkit_core::spec::vmi::WatchdogAction;
 use virtkit_devices::acpi::AcpiEvents;
 use virtkit_devices::block::{RawFile, RawOptions};
 use virtkit_devices::pci::{PciBus, PciLayout, SlotState};
 use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
 use virtkit_devices::virtio::pci::VirtioPciDevice;
+use virtkit_devices::watchdog::{I6300esb, WatchdogSink};
 
 const SERIAL: u32 = 0x3f8;
 /// A test-only port through which the payload tells the host where it is.
@@ -86,8 +88,12 @@ fn blk(vm: &Vm, path: &Path) -> Arc<Mutex<VirtioPciDevice>> {
     let backend = RawFile::open(path, RawOptions::default()).unwrap();
     let dev = VirtioBlock::new(Arc::new(backend), BlockConfig::default());
     Arc::new(Mutex::new(
-        VirtioPciDevice::new(Box::new(dev), vm.memory().clone(), Arc::new(vm.interrupts()))
-            .unwrap(),
+        VirtioPciDevice::new(
+            Box::new(dev),
+            vm.memory().clone(),
+            Arc::new(vm.interrupts()),
+        )
+        .unwrap(),
     ))
 }
 
@@ -361,9 +367,199 @@ fn guest_reads_and_writes_a_virtio_blk_disk() {
     virtio_blk_payload().load(&vm).unwrap();
     vm.start().unwrap();
     assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
-    assert_eq!(out.text(), "00:sector-00001\n", "both requests OK, sector 1 read");
+    assert_eq!(
+        out.text(),
+        "00:sector-00001\n",
+        "both requests OK, sector 1 read"
+    );
     let file = std::fs::read(&path).unwrap();
     assert_eq!(&file[1024..1040], b"written-by-guest");
     assert!(file[1040..1536].iter().all(|b| *b == b'G'));
     assert_eq!(&file[1536..1548], b"sector-00003", "nothing past sector 2");
+}
+
+const FLAG: u64 = 0x3_0000;
+const PETS: u64 = 0x3_0008;
+
+/// What the watchdog payload does once it stops petting.
+#[derive(Clone, Copy, PartialEq)]
+enum Afterwards {
+    /// Spin until the watchdog ends the VM.
+    Spin,
+    /// Wait for the ACPI power button, print `P`, power off.
+    AwaitPowerButton,
+}
+
+/// Find the i6300esb, give both stages `preload` (≈ `preload` ms each at
+/// the 1 kHz clock), enable it and print `A`; then pet it `pets` times
+/// (`None`: until the host sets FLAG, then print `D` and power off),
+/// counting pets at PETS.
+fn watchdog_payload(preload: u32, pets: Option<u32>, afterwards: Afterwards) -> Payload {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut find = a.create_label();
+    let mut found = a.create_label();
+    let mut pet = a.create_label();
+    let mut delay = a.create_label();
+    let mut stop = a.create_label();
+    let mut done = a.create_label();
+    let mut spin = a.create_label();
+    let unlock = |a: &mut CodeAssembler| {
+        a.mov(dword_ptr(rsi + 0xc), 0x80u32).unwrap();
+        a.mov(dword_ptr(rsi + 0xc), 0x86u32).unwrap();
+    };
+    a.xor(ebx, ebx).unwrap();
+    a.set_label(&mut find).unwrap();
+    config_read(&mut a, 0);
+    a.cmp(eax, 0x25ab_8086).unwrap();
+    a.je(found).unwrap();
+    a.inc(ebx).unwrap();
+    a.cmp(ebx, 32).unwrap();
+    a.jb(find).unwrap();
+    a.mov(al, b'?' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    power_off(&mut a);
+    a.set_label(&mut found).unwrap();
+    config_read(&mut a, 0x10);
+    a.and(eax, -16).unwrap();
+    a.mov(esi, eax).unwrap();
+    config_read(&mut a, 0x04);
+    a.mov(eax, 0x6).unwrap();
+    a.out(dx, eax).unwrap();
+    config_read(&mut a, 0x60);
+    a.xor(eax, eax).unwrap(); // 1 kHz clock, reboots enabled
+    a.out(dx, eax).unwrap();
+    for reg in [0x0, 0x4] {
+        unlock(&mut a);
+        a.mov(dword_ptr(rsi + reg), preload).unwrap();
+    }
+    config_read(&mut a, 0x68);
+    a.mov(eax, 0x2).unwrap(); // enable
+    a.out(dx, eax).unwrap();
+    a.mov(al, b'A' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    a.mov(r12d, pets.unwrap_or(u32::MAX)).unwrap();
+    a.set_label(&mut pet).unwrap();
+    a.cmp(byte_ptr(FLAG), 0).unwrap();
+    a.jne(done).unwrap();
+    if pets.is_some() {
+        a.test(r12d, r12d).unwrap();
+        a.jz(stop).unwrap();
+        a.dec(r12d).unwrap();
+    }
+    unlock(&mut a);
+    a.mov(dword_ptr(rsi + 0xc), 0x100u32).unwrap();
+    a.inc(qword_ptr(PETS)).unwrap();
+    a.mov(r13d, 200u32).unwrap();
+    a.set_label(&mut delay).unwrap();
+    a.pause().unwrap();
+    a.dec(r13d).unwrap();
+    a.jnz(delay).unwrap();
+    a.jmp(pet).unwrap();
+    a.set_label(&mut stop).unwrap();
+    a.nop().unwrap();
+    if afterwards == Afterwards::AwaitPowerButton {
+        let mut wait = a.create_label();
+        a.set_label(&mut wait).unwrap();
+        a.mov(dx, 0x600u32).unwrap();
+        a.in_(ax, dx).unwrap();
+        a.test(ax, 0x100).unwrap();
+        a.jz(wait).unwrap();
+        a.mov(al, b'P' as u32).unwrap();
+        out_al(&mut a, SERIAL);
+        power_off(&mut a);
+    }
+    a.set_label(&mut spin).unwrap();
+    a.pause().unwrap();
+    a.jmp(spin).unwrap();
+    a.set_label(&mut done).unwrap();
+    a.mov(al, b'D' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    power_off(&mut a);
+    long_mode(&mut a)
+}
+
+fn watchdog_vm(action: WatchdogAction, payload: Payload) -> (Vm, Capture, AcpiEvents, PciBus) {
+    let out = Capture::default();
+    let vm = vm(&out);
+    let events = AcpiEvents::new();
+    events.attach(&vm).unwrap();
+    let bus = PciBus::new(PciLayout::for_memory(64 << 20));
+    let esb = I6300esb::new(WatchdogSink {
+        action,
+        exit: vm.exit_requester(),
+        events: events.clone(),
+    })
+    .unwrap();
+    bus.add_at(3, Arc::new(Mutex::new(esb))).unwrap();
+    bus.attach(&vm, &events).unwrap();
+    payload.load(&vm).unwrap();
+    vm.start().unwrap();
+    (vm, out, events, bus)
+}
+
+fn pets(vm: &Vm) -> u64 {
+    let mut b = [0u8; 8];
+    vm.read_memory(PETS, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+#[test]
+fn watchdog_that_is_not_petted_powers_off_or_resets() {
+    if !kvm_present() {
+        return;
+    }
+    for action in [WatchdogAction::Poweroff, WatchdogAction::Reset] {
+        let (vm, out, _events, _bus) = watchdog_vm(
+            action.clone(),
+            watchdog_payload(5, Some(3), Afterwards::Spin),
+        );
+        assert_eq!(
+            vm.wait_timeout(TIMEOUT).unwrap(),
+            Some(VmExit::Watchdog {
+                action: action.clone()
+            })
+        );
+        assert_eq!(out.text(), "A");
+        assert_eq!(pets(&vm), 3);
+    }
+}
+
+#[test]
+fn watchdog_shutdown_presses_the_power_button() {
+    if !kvm_present() {
+        return;
+    }
+    let (vm, out, events, _bus) = watchdog_vm(
+        WatchdogAction::Shutdown,
+        watchdog_payload(5, Some(2), Afterwards::AwaitPowerButton),
+    );
+    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    assert_eq!(out.text(), "AP", "the guest saw PWRBTN_STS and shut down");
+    assert_ne!(events.pm1_status() & 0x100, 0);
+}
+
+#[test]
+fn watchdog_that_is_petted_never_fires() {
+    if !kvm_present() {
+        return;
+    }
+    // Each stage ≈ 98 ms; the guest pets for well over ten times that.
+    let (vm, out, _events, bus) = watchdog_vm(
+        WatchdogAction::Poweroff,
+        watchdog_payload(100, None, Afterwards::Spin),
+    );
+    let esb = bus.device(3).unwrap();
+    let stage = Duration::from_nanos((100 << 15) * 30);
+    std::thread::sleep(stage * 15);
+    assert_eq!(
+        vm.wait_timeout(Duration::ZERO).unwrap(),
+        None,
+        "still running"
+    );
+    let petted = pets(&vm);
+    assert!(petted > 15, "the guest petted {petted} times");
+    vm.write_memory(FLAG, &[1]).unwrap();
+    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    assert_eq!(out.text(), "AD");
+    drop(esb);
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress};
 use virtkit_core::runtime::memory::{self, GuestMem};
 use virtkit_devices::block::{RawFile, RawOptions};
 use virtkit_devices::pci::{MsiSink, PciDevice};
@@ -20,6 +19,7 @@ use virtkit_devices::virtio::pci::{
 use virtkit_devices::virtio::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_F_VERSION_1,
 };
+use vm_memory::{Bytes, GuestAddress};
 
 const NEXT: u16 = 1;
 const WRITE: u16 = 2;
@@ -68,13 +68,18 @@ impl<'a> Driver<'a> {
             self.w(0x08, &sel.to_le_bytes());
             self.w(0x0c, &half.to_le_bytes());
         }
-        self.w(0x14, &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK]);
+        self.w(
+            0x14,
+            &[STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK],
+        );
         if self.r8(0x14) & STATUS_FEATURES_OK == 0 {
             return false;
         }
         // MSI-X: enable in config space, program vector 1, unmask it.
         let cap = find_cap(self.dev.config(), 0x11).unwrap();
-        self.dev.config_mut().write(cap + 2, &0x8000u16.to_le_bytes());
+        self.dev
+            .config_mut()
+            .write(cap + 2, &0x8000u16.to_le_bytes());
         self.dev.config_written(cap + 2, 2);
         self.w(MSIX_TABLE_OFFSET + 16, &0xfee0_0000u64.to_le_bytes());
         self.w(MSIX_TABLE_OFFSET + 24, &0x31u32.to_le_bytes());
@@ -116,7 +121,9 @@ impl<'a> Driver<'a> {
             descs.push((base + 0x100, bytes.len() as u32, flags));
         }
         let status_addr = base + 0xff00;
-        self.mem.write_obj(0xffu8, GuestAddress(status_addr)).unwrap();
+        self.mem
+            .write_obj(0xffu8, GuestAddress(status_addr))
+            .unwrap();
         descs.push((status_addr, 1, WRITE));
         let n = descs.len() as u16;
         let raw: Vec<RawDescriptor> = descs
@@ -140,8 +147,14 @@ impl<'a> Driver<'a> {
         let idx: u16 = self.mem.read_obj(GuestAddress(used + 2)).unwrap();
         assert_eq!(idx, self.requests, "request {kind} was not completed");
         let slot = u64::from((idx - 1) % QUEUE_SIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(used + 4 + 8 * slot)).unwrap();
-        let len: u32 = self.mem.read_obj(GuestAddress(used + 8 + 8 * slot)).unwrap();
+        let id: u32 = self
+            .mem
+            .read_obj(GuestAddress(used + 4 + 8 * slot))
+            .unwrap();
+        let len: u32 = self
+            .mem
+            .read_obj(GuestAddress(used + 8 + 8 * slot))
+            .unwrap();
         assert_eq!(id, u32::from(first));
         (self.mem.read_obj(GuestAddress(status_addr)).unwrap(), len)
     }
@@ -179,7 +192,12 @@ fn disk(dir: &tempfile::TempDir, sectors: usize) -> PathBuf {
     path
 }
 
-fn transport(mem: &GuestMem, path: &PathBuf, read_only: bool, msis: Arc<Msis>) -> VirtioPciDevice {
+fn transport(
+    mem: &GuestMem,
+    path: &std::path::Path,
+    read_only: bool,
+    msis: Arc<Msis>,
+) -> VirtioPciDevice {
     let backend = RawFile::open(
         path,
         RawOptions {
@@ -205,7 +223,11 @@ fn capabilities_describe_the_modern_layout() {
     let dev = transport(&mem, &disk(&dir, 8), false, Arc::new(Msis::default()));
     let cfg = dev.config();
     assert_eq!(cfg.read_u32(0), 0x1042_1af4, "virtio vendor, modern blk");
-    assert_eq!(cfg.read_u32(8) & 0xff, 1, "modern devices have revision >= 1");
+    assert_eq!(
+        cfg.read_u32(8) & 0xff,
+        1,
+        "modern devices have revision >= 1"
+    );
     let mut found = Vec::new();
     let mut at = usize::from(cfg.read_u16(0x34) as u8);
     while at != 0 {
@@ -262,7 +284,11 @@ fn requests_through_the_transport() {
     // Read sector 3.
     assert_eq!(d.request(0, 3, Some((&[0u8; 512], true))), (0, 513));
     assert_eq!(&d.data(12), b"sector-00003");
-    assert_eq!(*msis.0.lock().unwrap(), vec![(0xfee0_0000, 0x31)], "MSI-X vector 1");
+    assert_eq!(
+        *msis.0.lock().unwrap(),
+        vec![(0xfee0_0000, 0x31)],
+        "MSI-X vector 1"
+    );
     assert_eq!(d.r8(ISR_OFFSET), 1, "ISR queue bit, cleared by the read");
     assert_eq!(d.r8(ISR_OFFSET), 0);
     // Write sector 5 and see it in the file.
@@ -287,7 +313,10 @@ fn requests_through_the_transport() {
     seg[8..12].copy_from_slice(&1u32.to_le_bytes());
     assert_eq!(d.request(11, 0, Some((&seg, false))), (0, 1));
     let file = std::fs::read(&path).unwrap();
-    assert!(file[8 * 512..9 * 512].iter().all(|b| *b == 0), "hole punched");
+    assert!(
+        file[8 * 512..9 * 512].iter().all(|b| *b == 0),
+        "hole punched"
+    );
     // Errors: past the end, a partial sector, an unknown type, a discard
     // with flags.
     assert_eq!(d.request(0, 16, Some((&[0u8; 512], true))).0, 1);
@@ -317,7 +346,10 @@ fn read_only_disk_refuses_writes() {
     };
     d.w(0x00, &0u32.to_le_bytes());
     assert_ne!(d.r32(0x04) & (1 << 5), 0, "RO feature offered");
-    assert!(!d.init(VIRTIO_F_VERSION_1 | 1 << 13), "no DISCARD on a read-only disk");
+    assert!(
+        !d.init(VIRTIO_F_VERSION_1 | 1 << 13),
+        "no DISCARD on a read-only disk"
+    );
     assert!(d.init(VIRTIO_F_VERSION_1 | 1 << 5));
     assert_eq!(d.request(1, 0, Some((&[b'x'; 512], false))).0, 1);
     assert_eq!(d.request(0, 1, Some((&[0u8; 512], true))), (0, 513));

@@ -40,6 +40,12 @@ pub enum VmExit {
     Reset,
     /// The embedding program called [`Vm::stop`].
     Stopped,
+    /// A watchdog expired and its action stops the VM (`poweroff`, or
+    /// `reset`, which the embedding VMM carries out by rebuilding the VM).
+    Watchdog {
+        /// The configured action.
+        action: crate::spec::vmi::WatchdogAction,
+    },
     /// A vCPU triple-faulted (KVM shutdown exit).
     TripleFault {
         /// Which vCPU.
@@ -69,7 +75,8 @@ pub enum VmExit {
 }
 
 impl VmExit {
-    /// True for exits that mean the guest or VMM failed.
+    /// True for exits that mean the guest or VMM failed (a watchdog
+    /// expiry means the guest hung).
     pub fn is_failure(&self) -> bool {
         !matches!(self, VmExit::PowerOff | VmExit::Reset | VmExit::Stopped)
     }
@@ -81,6 +88,7 @@ impl fmt::Display for VmExit {
             VmExit::PowerOff => f.write_str("guest powered off"),
             VmExit::Reset => f.write_str("guest requested a reset"),
             VmExit::Stopped => f.write_str("stopped by the VMM"),
+            VmExit::Watchdog { action } => write!(f, "the watchdog expired (action {action})"),
             VmExit::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
             VmExit::InternalError { vcpu, suberror } => {
                 write!(f, "KVM internal error on vCPU {vcpu} (suberror {suberror})")

@@ -16,11 +16,11 @@ use zerocopy::little_endian::U32;
 
 use super::boot::{self, BootState};
 use super::bus::{Bus, SharedDevice};
-use super::irq::Interrupts;
 use super::devices::{
     ExitRequest, PowerControl, ResetControl, SerialDevice, COM1_IRQ, COM1_PORT, PM1A_CNT_PORT,
     RESET_PORT,
 };
+use super::irq::Interrupts;
 use super::memory::{self, GuestMem, RamRange, PAGE_SIZE};
 use super::state::{VcpuState, VmClockState, MAX_MSRS, SAVED_MSRS};
 use super::vcpu::{self, Control, Request};
@@ -529,6 +529,13 @@ impl Vm {
         Ok(Arc::make_mut(&mut lock(&self.pio))
             .remove(base)
             .map(|(_, dev)| dev))
+    }
+
+    /// A callback through which devices end the VM with an exit reason
+    /// (a watchdog's `poweroff`); the first reason given wins.
+    pub fn exit_requester(&self) -> ExitRequest {
+        let ctl = self.ctl.clone();
+        Arc::new(move |e| ctl.request_exit(e))
     }
 
     /// A handle through which devices raise interrupts in this VM.

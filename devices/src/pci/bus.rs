@@ -9,11 +9,10 @@ use virtkit_core::runtime::{BusDevice, RuntimeError, SharedDevice, Vm};
 use super::alloc::AddressWindow;
 use super::config::{ConfigSpace, PciIds, BAR_COUNT, COMMAND_MEMORY};
 use super::hotplug::{HotplugRegisters, HOTPLUG_LEN, HOTPLUG_PORT};
-use crate::acpi::AcpiEvents;
 use super::{
-    BarKind, BarSpec, PciAddress, PciDevice, PciError, HOST_BRIDGE_SLOT, Q35_LPC_SLOT,
-    SLOT_COUNT,
+    BarKind, BarSpec, PciAddress, PciDevice, PciError, HOST_BRIDGE_SLOT, Q35_LPC_SLOT, SLOT_COUNT,
 };
+use crate::acpi::AcpiEvents;
 
 /// Config address port (the data port follows at 0xCFC).
 pub const CONFIG_ADDRESS_PORT: u64 = 0xcf8;
@@ -170,9 +169,7 @@ impl PciBus {
     /// Every slot's state, by slot number.
     pub fn slots(&self) -> Vec<SlotState> {
         let inner = self.inner();
-        (0..SLOT_COUNT)
-            .map(|s| slot_state(&inner, s))
-            .collect()
+        (0..SLOT_COUNT).map(|s| slot_state(&inner, s)).collect()
     }
 
     /// Slots a device could still be added to.
@@ -245,7 +242,10 @@ impl PciBus {
                 BarKind::Memory32 => &mut inner.low,
                 BarKind::Memory64 { .. } => &mut inner.high,
             };
-            match (index < BAR_COUNT).then(|| window.allocate(spec.size)).flatten() {
+            match (index < BAR_COUNT)
+                .then(|| window.allocate(spec.size))
+                .flatten()
+            {
                 Some(addr) => {
                     placed.push((spec.kind, addr));
                     addresses.push((index, spec, addr));
@@ -670,7 +670,10 @@ mod tests {
     }
 
     fn cf8_read(ports: &mut BusWindow, slot: u8, reg: u32) -> u32 {
-        ports.write(0, &(CONFIG_ENABLE | (u32::from(slot) << 11) | reg).to_le_bytes());
+        ports.write(
+            0,
+            &(CONFIG_ENABLE | (u32::from(slot) << 11) | reg).to_le_bytes(),
+        );
         let mut v = [0u8; 4];
         ports.read(4, &mut v);
         u32::from_le_bytes(v)
@@ -782,7 +785,10 @@ mod tests {
         ));
         assert_eq!(
             bus.wait_ejected(7, Duration::from_millis(10)),
-            Err(PciError::EjectTimeout { slot: 7, millis: 10 })
+            Err(PciError::EjectTimeout {
+                slot: 7,
+                millis: 10
+            })
         );
         let waiter = {
             let bus = bus.clone();
@@ -802,8 +808,10 @@ mod tests {
         };
         let bus = PciBus::new(layout);
         let flag = Arc::new(Mutex::new(false));
-        bus.add(Arc::new(Mutex::new(Echo::new(flag.clone())))).unwrap();
-        bus.add(Arc::new(Mutex::new(Echo::new(flag.clone())))).unwrap();
+        bus.add(Arc::new(Mutex::new(Echo::new(flag.clone()))))
+            .unwrap();
+        bus.add(Arc::new(Mutex::new(Echo::new(flag.clone()))))
+            .unwrap();
         let err = bus
             .add(Arc::new(Mutex::new(Echo::new(flag.clone()))))
             .unwrap_err();

@@ -105,6 +105,13 @@ impl ConfigSpace {
         self.bars[index] = Some(BarSpec { size, ..spec });
     }
 
+    /// Make the bytes at `offset` guest-writable by `mask` (device
+    /// registers in configuration space).
+    pub fn set_writable(&mut self, offset: usize, mask: &[u8]) {
+        let end = (offset + mask.len()).min(CONFIG_SPACE_SIZE);
+        self.writable[offset..end].copy_from_slice(&mask[..end - offset]);
+    }
+
     /// The declared BARs.
     pub fn bar_specs(&self) -> &[Option<BarSpec>; BAR_COUNT] {
         &self.bars

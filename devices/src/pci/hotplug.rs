@@ -123,7 +123,11 @@ mod tests {
         r.request_unplug(5);
         assert!(r.unplug_pending(5));
         assert_eq!(r.read(0x04), 1 << 5);
-        assert_eq!(r.write(0x08, (1 << 5) | (1 << 3)), 1 << 5, "slot 3 is not removable");
+        assert_eq!(
+            r.write(0x08, (1 << 5) | (1 << 3)),
+            1 << 5,
+            "slot 3 is not removable"
+        );
         r.removed(5);
         assert_eq!((r.read(0x04), r.read(0x0c)), (0, 0));
         assert_eq!(r.write(0x10, 3), 0);

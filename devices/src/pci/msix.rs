@@ -104,15 +104,16 @@ impl MsixTable {
     /// Guest read of the table at `offset`.
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         read_words(offset, data, |i| {
-            self.entries
-                .get(i / 4)
-                .map_or(0, |e| e[i % 4])
+            self.entries.get(i / 4).map_or(0, |e| e[i % 4])
         });
     }
 
     /// Guest write of the table at `offset`.
     pub fn write_table(&mut self, offset: u64, data: &[u8]) {
-        let (index, word) = ((offset / ENTRY_SIZE) as usize, (offset % ENTRY_SIZE) as usize / 4);
+        let (index, word) = (
+            (offset / ENTRY_SIZE) as usize,
+            (offset % ENTRY_SIZE) as usize / 4,
+        );
         let Some(entry) = self.entries.get_mut(index) else {
             return;
         };

@@ -103,7 +103,11 @@ impl VirtioBlock {
     fn config_bytes(&self) -> [u8; 60] {
         let mut c = [0u8; 60];
         let put = |c: &mut [u8; 60], at: usize, v: &[u8]| c[at..at + v.len()].copy_from_slice(v);
-        put(&mut c, 0, &(self.backend.size() / SECTOR_SIZE).to_le_bytes());
+        put(
+            &mut c,
+            0,
+            &(self.backend.size() / SECTOR_SIZE).to_le_bytes(),
+        );
         put(&mut c, 12, &SEG_MAX.to_le_bytes());
         put(&mut c, 20, &(SECTOR_SIZE as u32).to_le_bytes());
         put(&mut c, 34, &self.config.queues.to_le_bytes());
@@ -192,8 +196,14 @@ fn execute(
     serial: &str,
     kind: u32,
     offset: Option<u64>,
-    reader: &mut virtio_queue::Reader<'_, vm_memory::bitmap::BS<'_, vm_memory::bitmap::AtomicBitmap>>,
-    writer: &mut virtio_queue::Writer<'_, vm_memory::bitmap::BS<'_, vm_memory::bitmap::AtomicBitmap>>,
+    reader: &mut virtio_queue::Reader<
+        '_,
+        vm_memory::bitmap::BS<'_, vm_memory::bitmap::AtomicBitmap>,
+    >,
+    writer: &mut virtio_queue::Writer<
+        '_,
+        vm_memory::bitmap::BS<'_, vm_memory::bitmap::AtomicBitmap>,
+    >,
 ) -> io::Result<u8> {
     let in_range = |len: usize| {
         offset
@@ -262,11 +272,16 @@ fn execute(
                 let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
                 let sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
                 let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
-                let (Some(start), len) = (sector.checked_mul(SECTOR_SIZE), u64::from(sectors) * SECTOR_SIZE)
-                else {
+                let (Some(start), len) = (
+                    sector.checked_mul(SECTOR_SIZE),
+                    u64::from(sectors) * SECTOR_SIZE,
+                ) else {
                     return Ok(S_IOERR);
                 };
-                if start.checked_add(len).is_none_or(|end| end > backend.size()) {
+                if start
+                    .checked_add(len)
+                    .is_none_or(|end| end > backend.size())
+                {
                     return Ok(S_IOERR);
                 }
                 // Discard takes no flags; write-zeroes only "unmap" (bit 0).

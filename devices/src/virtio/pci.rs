@@ -139,9 +139,8 @@ impl VirtioPciDevice {
         }
         let mut queues = Vec::with_capacity(max_sizes.len());
         for (index, &size) in max_sizes.iter().enumerate() {
-            queues.push(
-                Queue::new(size).map_err(|_| TransportError::BadQueueSize { index, size })?,
-            );
+            queues
+                .push(Queue::new(size).map_err(|_| TransportError::BadQueueSize { index, size })?);
         }
         let mut config = ConfigSpace::new(PciIds {
             vendor: VIRTIO_VENDOR,
@@ -178,7 +177,10 @@ impl VirtioPciDevice {
             msix: Mutex::new(msix),
             isr: AtomicU8::new(0),
             config_vector: AtomicU16::new(NO_VECTOR),
-            queue_vectors: max_sizes.iter().map(|_| AtomicU16::new(NO_VECTOR)).collect(),
+            queue_vectors: max_sizes
+                .iter()
+                .map(|_| AtomicU16::new(NO_VECTOR))
+                .collect(),
         });
         let name = format!("virtio-{}", device.name());
         Ok(VirtioPciDevice {
@@ -218,7 +220,9 @@ impl VirtioPciDevice {
         for v in &self.signals.queue_vectors {
             v.store(NO_VECTOR, Ordering::SeqCst);
         }
-        self.signals.config_vector.store(NO_VECTOR, Ordering::SeqCst);
+        self.signals
+            .config_vector
+            .store(NO_VECTOR, Ordering::SeqCst);
         self.signals.isr.store(0, Ordering::SeqCst);
         self.driver_features = 0;
         self.status = 0;
@@ -319,7 +323,9 @@ impl VirtioPciDevice {
                 .signals
                 .queue_vectors
                 .get(q)
-                .map_or(u64::from(NO_VECTOR), |v| u64::from(v.load(Ordering::SeqCst))),
+                .map_or(u64::from(NO_VECTOR), |v| {
+                    u64::from(v.load(Ordering::SeqCst))
+                }),
             0x1c => self.queues.get(q).map_or(0, |q| u64::from(q.ready())),
             0x1e => self.queues.get(q).map_or(0, |_| q as u64),
             0x20 => self.queues.get(q).map_or(0, |q| q.desc_table()),
@@ -330,14 +336,20 @@ impl VirtioPciDevice {
     }
 
     fn common_write(&mut self, offset: u64, value: u64, len: usize) {
-        let (low, high) = (Some(value as u32), (len == 8).then_some((value >> 32) as u32));
+        let (low, high) = (
+            Some(value as u32),
+            (len == 8).then_some((value >> 32) as u32),
+        );
         // Queue setup is frozen once the driver is running.
         let can_setup = self.status & STATUS_DRIVER_OK == 0;
         match offset {
             0x00 => self.device_feature_select = value as u32,
             0x08 => self.driver_feature_select = value as u32,
             0x0c if self.status & STATUS_FEATURES_OK == 0 => match self.driver_feature_select {
-                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | (value & 0xffff_ffff),
+                0 => {
+                    self.driver_features =
+                        (self.driver_features & !0xffff_ffff) | (value & 0xffff_ffff)
+                }
                 1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (value << 32),
                 _ => {}
             },
@@ -357,19 +369,31 @@ impl VirtioPciDevice {
                 }
             }
             0x20 | 0x24 if can_setup => {
-                let (l, h) = if offset == 0x24 { (None, low) } else { (low, high) };
+                let (l, h) = if offset == 0x24 {
+                    (None, low)
+                } else {
+                    (low, high)
+                };
                 if let Some(q) = self.selected() {
                     q.set_desc_table_address(l, h);
                 }
             }
             0x28 | 0x2c if can_setup => {
-                let (l, h) = if offset == 0x2c { (None, low) } else { (low, high) };
+                let (l, h) = if offset == 0x2c {
+                    (None, low)
+                } else {
+                    (low, high)
+                };
                 if let Some(q) = self.selected() {
                     q.set_avail_ring_address(l, h);
                 }
             }
             0x30 | 0x34 if can_setup => {
-                let (l, h) = if offset == 0x34 { (None, low) } else { (low, high) };
+                let (l, h) = if offset == 0x34 {
+                    (None, low)
+                } else {
+                    (low, high)
+                };
                 if let Some(q) = self.selected() {
                     q.set_used_ring_address(l, h);
                 }
@@ -396,7 +420,11 @@ impl VirtioPciDevice {
 
     fn set_queue_vector(&mut self, vector: u16) {
         let v = self.checked_vector(vector);
-        if let Some(slot) = self.signals.queue_vectors.get(usize::from(self.queue_select)) {
+        if let Some(slot) = self
+            .signals
+            .queue_vectors
+            .get(usize::from(self.queue_select))
+        {
             slot.store(v, Ordering::SeqCst);
         }
     }
