@@ -230,6 +230,79 @@ impl BlockBackend for RawFile {
     }
 }
 
+/// A disk held in memory: for tests, fuzzing and scratch disks.
+#[derive(Debug, Default)]
+pub struct MemoryDisk {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    read_only: bool,
+}
+
+impl MemoryDisk {
+    /// A disk with `bytes` as its contents.
+    pub fn new(bytes: Vec<u8>, read_only: bool) -> Self {
+        MemoryDisk {
+            bytes: std::sync::Mutex::new(bytes),
+            read_only,
+        }
+    }
+
+    /// A copy of the contents.
+    pub fn contents(&self) -> Vec<u8> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn range(&self, offset: u64, len: u64, writing: bool) -> io::Result<std::ops::Range<usize>> {
+        if writing && self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the disk is read-only",
+            ));
+        }
+        let size = self.lock().len() as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(offset as usize..end as usize),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {offset}+{len} is past the end of the disk ({size})"),
+            )),
+        }
+    }
+}
+
+impl BlockBackend for MemoryDisk {
+    fn size(&self) -> u64 {
+        self.lock().len() as u64
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let r = self.range(offset, buf.len() as u64, false)?;
+        buf.copy_from_slice(&self.lock()[r]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let r = self.range(offset, buf.len() as u64, true)?;
+        self.lock()[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len, true)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
+        let r = self.range(offset, len, true)?;
+        self.lock()[r].fill(0);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -1,13 +1,20 @@
 //! virtkit-devices — the device model: a PCI root bus with 32 slots and
-//! ACPI hotplug, MSI-X, the virtio-pci (modern) transport and virtio-blk
-//! over a [`block::BlockBackend`].
+//! ACPI hotplug, MSI-X, the virtio-pci (modern) transport, virtio-blk
+//! over a [`block::BlockBackend`], the i6300esb watchdog and the ACPI
+//! event registers.
 //!
 //! Devices attach to a [`virtkit_core::runtime::Vm`] after it is built and
 //! before it starts; see `README.md` for an example and `DESIGN.md` for
 //! the choices made.
 
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod acpi;
 pub mod block;
+pub mod fuzzing;
 pub mod pci;
 pub mod virtio;
 pub mod watchdog;

@@ -1,9 +1,10 @@
-//! virtkit-net — host networking for VMs: the MAC address pool and the
-//! DHCPv4 server that masquerade (and PXE) bindings use.
+//! virtkit-net — host networking for VMs: the masquerade binding (bridge,
+//! tap, nftables NAT, DHCPv4/DHCPv6), the Linux bridge binding with the
+//! MAC-spoof check, SR-IOV discovery and VF allocation, and the MAC
+//! address pool.
 //!
-//! Issue 5 is in progress: the masquerade binding (bridge, tap,
-//! nftables), the Linux bridge binding, SR-IOV, virtio-net and NIC
-//! hotplug are not here yet; `docs/SPEC-COVERAGE.md` lists what is.
+//! Not here yet: virtio-net, NIC hotplug and interface status reporting;
+//! `docs/SPEC-COVERAGE.md` lists what is.
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

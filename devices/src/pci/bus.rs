@@ -379,6 +379,32 @@ impl PciBus {
         }
     }
 
+    /// A guest read at guest-physical `addr` inside a BAR (for VMMs that
+    /// route MMIO themselves); false when no enabled BAR decodes it.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.decode(addr, data.len()) {
+            Some((dev, bar, off)) => {
+                lock_dev(&dev).bar_read(bar, off, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// A guest write at guest-physical `addr` inside a BAR.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.decode(addr, data.len()) {
+            Some((dev, bar, off)) => {
+                lock_dev(&dev).bar_write(bar, off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn function(&self, addr: PciAddress) -> Option<Device> {
         if addr.bus != 0 || addr.function != 0 {
             return None;
@@ -557,10 +583,9 @@ impl BusDevice for BusWindow {
                 let (addr, reg) = ecam_address(offset);
                 self.bus.config_read(addr, reg, data);
             }
-            Window::Mmio { base } => match self.bus.decode(base + offset, data.len()) {
-                Some((dev, bar, off)) => lock_dev(&dev).bar_read(bar, off, data),
-                None => data.fill(0xff),
-            },
+            Window::Mmio { base } => {
+                self.bus.mmio_read(base + offset, data);
+            }
             Window::Hotplug => {
                 let v = self.bus.inner().hotplug.read(offset & !3);
                 let bytes = v.to_le_bytes();
@@ -594,9 +619,7 @@ impl BusDevice for BusWindow {
                 self.bus.config_write(addr, reg, data);
             }
             Window::Mmio { base } => {
-                if let Some((dev, bar, off)) = self.bus.decode(base + offset, data.len()) {
-                    lock_dev(&dev).bar_write(bar, off, data);
-                }
+                self.bus.mmio_write(base + offset, data);
             }
             Window::Hotplug => {
                 let eject = self.bus.inner().hotplug.write(offset, le_value(data));

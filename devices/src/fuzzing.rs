@@ -1,0 +1,113 @@
+//! Entry points shared by the cargo-fuzz targets in `fuzz/` and the
+//! corpus replay test, so both exercise the same code.
+
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::block::MemoryDisk;
+use crate::pci::{MsiSink, PciBus, PciDevice, PciLayout};
+use crate::virtio::block::{BlockConfig, VirtioBlock};
+use crate::virtio::pci::{VirtioPciDevice, NOTIFY_OFFSET};
+
+struct NoMsi;
+impl MsiSink for NoMsi {
+    fn send(&self, _address: u64, _data: u32) {}
+}
+
+fn blk_transport(memory: virtkit_core::runtime::memory::GuestMem) -> Option<VirtioPciDevice> {
+    let disk = MemoryDisk::new(vec![0x5a; 64 * 512], false);
+    let blk = VirtioBlock::new(
+        Arc::new(disk),
+        BlockConfig {
+            serial: "fuzz".into(),
+            queues: 2,
+            queue_size: 256,
+        },
+    );
+    VirtioPciDevice::new(Box::new(blk), memory, Arc::new(NoMsi)).ok()
+}
+
+/// Interpret `data` as guest accesses to a bus holding a virtio-blk
+/// device: 8-byte records `[op, slot, offset lo, offset hi, value × 4]`
+/// where op picks a config read/write (width 1, 2 or 4) or a BAR read or
+/// write. Checks that read-only identity fields never change.
+pub fn pci_config(data: &[u8]) {
+    let Ok(memory) = virtkit_core::runtime::memory::create(1 << 20) else {
+        return;
+    };
+    let bus = PciBus::new(PciLayout::for_memory(1 << 20));
+    let Some(dev) = blk_transport(memory) else {
+        return;
+    };
+    let Ok(at) = bus.add(Arc::new(std::sync::Mutex::new(dev))) else {
+        return;
+    };
+    let bar = bus.layout().mmio32.0;
+    for rec in data.chunks_exact(8).take(512) {
+        let width = [1usize, 2, 4][usize::from(rec[0] >> 4) % 3];
+        let slot = rec[1] % 33;
+        let offset = usize::from(u16::from_le_bytes([rec[2], rec[3]]));
+        let value = &rec[4..4 + width];
+        let mut addr = crate::pci::PciAddress::slot(slot);
+        addr.function = rec[1] >> 5;
+        match rec[0] & 0x3 {
+            0 => bus.config_read(addr, offset, &mut [0u8; 4][..width]),
+            1 => bus.config_write(addr, offset, value),
+            2 => {
+                bus.mmio_read(bar + offset as u64, &mut [0u8; 4][..width]);
+            }
+            _ => {
+                bus.mmio_write(bar + offset as u64, value);
+            }
+        }
+    }
+    let mut id = [0u8; 4];
+    bus.config_read(at, 0, &mut id);
+    assert_eq!(u32::from_le_bytes(id), 0x1042_1af4, "identity changed");
+    bus.config_read(crate::pci::PciAddress::slot(0), 0, &mut id);
+    assert_eq!(
+        u32::from_le_bytes(id),
+        0x29c0_8086,
+        "host bridge identity changed"
+    );
+}
+
+/// Lay `data` into guest memory (descriptor table at 0, available ring at
+/// 0x1000, used ring at 0x2000, buffers anywhere below 64 KiB), start a
+/// virtio-blk queue of size `2^(data[0] % 9)` on it and notify twice. The
+/// device must neither panic nor loop, whatever the rings say.
+pub fn virtqueue(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(memory) = virtkit_core::runtime::memory::create(1 << 20) else {
+        return;
+    };
+    let len = rest.len().min(0x1_0000);
+    if memory.write_slice(&rest[..len], GuestAddress(0)).is_err() {
+        return;
+    }
+    let Some(mut dev) = blk_transport(memory) else {
+        return;
+    };
+    let size = 1u16 << (selector % 9);
+    let mut w = |off: u64, v: &[u8]| dev.bar_write(0, off, v);
+    w(0x14, &[1]);
+    w(0x14, &[3]);
+    w(0x08, &1u32.to_le_bytes());
+    w(0x0c, &1u32.to_le_bytes());
+    w(0x14, &[0xb]);
+    w(0x16, &0u16.to_le_bytes());
+    w(0x18, &size.to_le_bytes());
+    w(0x20, &0u64.to_le_bytes());
+    w(0x28, &0x1000u64.to_le_bytes());
+    w(0x30, &0x2000u64.to_le_bytes());
+    w(0x1c, &1u16.to_le_bytes());
+    w(0x14, &[0xf]);
+    w(NOTIFY_OFFSET, &0u16.to_le_bytes());
+    w(NOTIFY_OFFSET, &0u16.to_le_bytes());
+    let mut status = [0u8];
+    dev.bar_read(0, 0x14, &mut status);
+    std::hint::black_box(status);
+}
