@@ -20,7 +20,7 @@ use virtkit_core::runtime::memory::{self, GuestMem};
 use virtkit_devices::block::{RawFile, RawOptions};
 use virtkit_devices::pci::{MsiSink, PciDevice};
 use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
-use virtkit_devices::virtio::pci::{VirtioPciDevice, NOTIFY_OFFSET};
+use virtkit_devices::virtio::pci::{driver_init_queue0, VirtioPciDevice, NOTIFY_OFFSET};
 use vm_memory::{Bytes, GuestAddress};
 
 const DISK: u64 = 256 << 20;
@@ -58,19 +58,8 @@ impl Driver {
         );
         let mut dev =
             VirtioPciDevice::new(Box::new(blk), mem.clone(), Arc::new(NoMsi)).expect("transport");
-        let mut w = |o: u64, v: &[u8]| dev.bar_write(0, o, v);
-        w(0x14, &[1]);
-        w(0x14, &[3]);
-        w(0x08, &1u32.to_le_bytes());
-        w(0x0c, &1u32.to_le_bytes());
-        w(0x14, &[0xb]);
-        w(0x16, &0u16.to_le_bytes());
-        w(0x18, &QUEUE.to_le_bytes());
-        w(0x20, &DESC.to_le_bytes());
-        w(0x28, &AVAIL.to_le_bytes());
-        w(0x30, &USED.to_le_bytes());
-        w(0x1c, &1u16.to_le_bytes());
-        w(0x14, &[0xf]);
+        let status = driver_init_queue0(&mut dev, 0, QUEUE, DESC, AVAIL, USED);
+        assert_eq!(status, 0xf, "the device took the queue");
         Driver { dev, mem, avail: 0 }
     }
 
@@ -126,6 +115,14 @@ impl Driver {
     }
 }
 
+fn open_rw(path: &Path) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("file")
+}
+
 fn peer(file: &File, kind: u32, offsets: &[u64], buf: &mut [u8]) {
     for &off in offsets {
         if kind == 0 {
@@ -172,11 +169,7 @@ fn bench(c: &mut Criterion) {
         let mut driver = Driver::new(&path);
         g.bench_function(name, |b| b.iter(|| driver.run(kind, &offsets, len as u32)));
         drop(driver);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("file");
+        let file = open_rw(&path);
         let mut buf = vec![7u8; len as usize];
         g.bench_function(format!("peer_{name}"), |b| {
             b.iter(|| peer(&file, kind, &offsets, &mut buf))
@@ -190,11 +183,7 @@ fn bench(c: &mut Criterion) {
         let mut driver = Driver::new(&path);
         let ours = seconds_per_call(budget, || driver.run(kind, &offsets, len as u32));
         drop(driver);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("file");
+        let file = open_rw(&path);
         let mut buf = vec![7u8; len as usize];
         let theirs = seconds_per_call(budget, || peer(&file, kind, &offsets, &mut buf));
         let bytes = offsets.len() as u64 * len;

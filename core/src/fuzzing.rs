@@ -66,3 +66,15 @@ pub fn replay_corpus(
     }
     Ok(n)
 }
+
+/// The corpus test of a workspace crate: replay `target` from the `fuzz/`
+/// folder beside the crate at `manifest_dir` (pass
+/// `env!("CARGO_MANIFEST_DIR")`), and fail unless at least `at_least`
+/// inputs ran or one cannot be read.
+pub fn assert_corpus_replays(manifest_dir: &str, target: &str, at_least: usize, body: fn(&[u8])) {
+    let fuzz = std::path::Path::new(manifest_dir).join("../fuzz");
+    match replay_corpus(&fuzz, target, body) {
+        Ok(n) => assert!(n >= at_least, "{target}: only {n} corpus files"),
+        Err(e) => panic!("{target}: reading the corpus failed: {e}"),
+    }
+}

@@ -52,6 +52,33 @@ pub struct Payload {
     pub min_memory: u64,
 }
 
+/// A serial-output sink that a test reads while the VM runs: hand a clone
+/// to [`VmBuilder::serial_output`](crate::runtime::VmBuilder::serial_output)
+/// and read [`SerialCapture::text`].
+#[derive(Debug, Clone, Default)]
+pub struct SerialCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SerialCapture {
+    /// Everything written so far, as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for SerialCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The assembler rejected the program (a bug in this module).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("payload assembly failed: {0}")]

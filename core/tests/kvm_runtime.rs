@@ -4,11 +4,9 @@
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use virtkit_core::payload::{self, COUNTER_ADDR, TOUCH_BASE};
+use virtkit_core::payload::{self, SerialCapture, COUNTER_ADDR, TOUCH_BASE};
 use virtkit_core::runtime::{RunState, RuntimeError, Vm, VmBuilder, VmConfig, VmExit};
 
 fn kvm_present() -> bool {
@@ -17,23 +15,6 @@ fn kvm_present() -> bool {
     } else {
         eprintln!("SKIP: /dev/kvm is absent on this host; KVM runtime tests need it");
         false
-    }
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
@@ -71,7 +52,7 @@ fn prints_on_serial_and_powers_off() {
     if !kvm_present() {
         return;
     }
-    let out = Capture::default();
+    let out = SerialCapture::default();
     let vm = VmBuilder::new(config(1, 2))
         .serial_output(Box::new(out.clone()))
         .build()
@@ -92,7 +73,7 @@ fn multi_vcpu_vm_runs_and_stops_with_parked_aps() {
     if !kvm_present() {
         return;
     }
-    let out = Capture::default();
+    let out = SerialCapture::default();
     let vm = VmBuilder::new(config(4, 2))
         .serial_output(Box::new(out.clone()))
         .build()

@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::block::MemoryDisk;
 use crate::pci::{MsiSink, PciBus, PciDevice, PciLayout};
 use crate::virtio::block::{BlockConfig, VirtioBlock};
-use crate::virtio::pci::{VirtioPciDevice, NOTIFY_OFFSET};
+use crate::virtio::pci::{driver_init_queue0, VirtioPciDevice, NOTIFY_OFFSET};
 
 struct NoMsi;
 impl MsiSink for NoMsi {
@@ -92,21 +92,9 @@ pub fn virtqueue(data: &[u8]) {
         return;
     };
     let size = 1u16 << (selector % 9);
-    let mut w = |off: u64, v: &[u8]| dev.bar_write(0, off, v);
-    w(0x14, &[1]);
-    w(0x14, &[3]);
-    w(0x08, &1u32.to_le_bytes());
-    w(0x0c, &1u32.to_le_bytes());
-    w(0x14, &[0xb]);
-    w(0x16, &0u16.to_le_bytes());
-    w(0x18, &size.to_le_bytes());
-    w(0x20, &0u64.to_le_bytes());
-    w(0x28, &0x1000u64.to_le_bytes());
-    w(0x30, &0x2000u64.to_le_bytes());
-    w(0x1c, &1u16.to_le_bytes());
-    w(0x14, &[0xf]);
-    w(NOTIFY_OFFSET, &0u16.to_le_bytes());
-    w(NOTIFY_OFFSET, &0u16.to_le_bytes());
+    driver_init_queue0(&mut dev, 0, size, 0, 0x1000, 0x2000);
+    dev.bar_write(0, NOTIFY_OFFSET, &0u16.to_le_bytes());
+    dev.bar_write(0, NOTIFY_OFFSET, &0u16.to_le_bytes());
     let mut status = [0u8];
     dev.bar_read(0, 0x14, &mut status);
     std::hint::black_box(status);

@@ -6,14 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iced_x86::code_asm::*;
-use virtkit_core::payload::{Entry, Payload, LOAD_ADDR, STACK_TOP};
+use virtkit_core::payload::{Entry, Payload, SerialCapture, LOAD_ADDR, STACK_TOP};
 use virtkit_core::runtime::{BusDevice, Vm, VmBuilder, VmConfig, VmExit};
 use virtkit_core::spec::vmi::WatchdogAction;
 use virtkit_devices::acpi::AcpiEvents;
@@ -36,23 +35,6 @@ fn kvm_present() -> bool {
     ok
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 struct Doorbell(Sender<u8>);
 impl BusDevice for Doorbell {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
@@ -63,7 +45,7 @@ impl BusDevice for Doorbell {
     }
 }
 
-fn vm(out: &Capture) -> Vm {
+fn vm(out: &SerialCapture) -> Vm {
     VmBuilder::new(VmConfig {
         name: "pci".into(),
         vcpus: 1,
@@ -124,6 +106,32 @@ fn config_read(a: &mut CodeAssembler, reg: u32) {
     a.out(dx, eax).unwrap();
     a.mov(dx, 0xcfcu32).unwrap();
     a.in_(eax, dx).unwrap();
+}
+
+/// Scan the slots for the function whose vendor/device dword is `id`
+/// (printing `?` and powering off when there is none), leave its slot in
+/// ebx and BAR 0 in rsi, and turn on memory decoding and bus mastering.
+fn find_function(a: &mut CodeAssembler, id: u32) {
+    let mut find = a.create_label();
+    let mut found = a.create_label();
+    a.xor(ebx, ebx).unwrap();
+    a.set_label(&mut find).unwrap();
+    config_read(a, 0);
+    a.cmp(eax, id as i32).unwrap();
+    a.je(found).unwrap();
+    a.inc(ebx).unwrap();
+    a.cmp(ebx, 32).unwrap();
+    a.jb(find).unwrap();
+    a.mov(al, b'?' as u32).unwrap();
+    out_al(a, SERIAL);
+    power_off(a);
+    a.set_label(&mut found).unwrap();
+    config_read(a, 0x10);
+    a.and(eax, -16).unwrap();
+    a.mov(esi, eax).unwrap(); // rsi = BAR 0 (zero-extended)
+    config_read(a, 0x04);
+    a.mov(eax, 0x6).unwrap(); // memory decode + bus master
+    a.out(dx, eax).unwrap();
 }
 
 fn power_off(a: &mut CodeAssembler) {
@@ -202,7 +210,7 @@ fn guest_sees_a_hotplugged_device_appear_and_go() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = Capture::default();
+    let out = SerialCapture::default();
     let vm = vm(&out);
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     bus.add(blk(&vm, &disk(dir.path(), "cold.raw", 8))).unwrap();
@@ -246,30 +254,10 @@ fn virtio_blk_payload() -> Payload {
     const DATA: u64 = 0x2_4000;
     const STATUS: u64 = 0x2_5000;
     let mut a = CodeAssembler::new(64).unwrap();
-    let mut find = a.create_label();
-    let mut found = a.create_label();
     let mut wait1 = a.create_label();
     let mut wait2 = a.create_label();
     let mut print = a.create_label();
-    a.xor(ebx, ebx).unwrap();
-    a.set_label(&mut find).unwrap();
-    config_read(&mut a, 0);
-    a.cmp(eax, 0x1042_1af4).unwrap();
-    a.je(found).unwrap();
-    a.inc(ebx).unwrap();
-    a.cmp(ebx, 32).unwrap();
-    a.jb(find).unwrap();
-    a.mov(al, b'?' as u32).unwrap();
-    out_al(&mut a, SERIAL);
-    power_off(&mut a);
-
-    a.set_label(&mut found).unwrap();
-    config_read(&mut a, 0x10);
-    a.and(eax, -16).unwrap();
-    a.mov(esi, eax).unwrap(); // rsi = BAR 0 (zero-extended)
-    config_read(&mut a, 0x04);
-    a.mov(eax, 0x6).unwrap(); // memory decode + bus master
-    a.out(dx, eax).unwrap();
+    find_function(&mut a, 0x1042_1af4);
     // Reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK.
     for status in [0u32, 1, 3] {
         a.mov(byte_ptr(rsi + 0x14), status).unwrap();
@@ -356,7 +344,7 @@ fn guest_reads_and_writes_a_virtio_blk_disk() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = disk(dir.path(), "disk.raw", 16);
-    let out = Capture::default();
+    let out = SerialCapture::default();
     let vm = vm(&out);
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     // Put it in a slot other than the first, so the payload has to scan.
@@ -396,8 +384,6 @@ enum Afterwards {
 /// counting pets at PETS.
 fn watchdog_payload(preload: u32, pets: Option<u32>, afterwards: Afterwards) -> Payload {
     let mut a = CodeAssembler::new(64).unwrap();
-    let mut find = a.create_label();
-    let mut found = a.create_label();
     let mut pet = a.create_label();
     let mut delay = a.create_label();
     let mut stop = a.create_label();
@@ -407,24 +393,7 @@ fn watchdog_payload(preload: u32, pets: Option<u32>, afterwards: Afterwards) -> 
         a.mov(dword_ptr(rsi + 0xc), 0x80u32).unwrap();
         a.mov(dword_ptr(rsi + 0xc), 0x86u32).unwrap();
     };
-    a.xor(ebx, ebx).unwrap();
-    a.set_label(&mut find).unwrap();
-    config_read(&mut a, 0);
-    a.cmp(eax, 0x25ab_8086).unwrap();
-    a.je(found).unwrap();
-    a.inc(ebx).unwrap();
-    a.cmp(ebx, 32).unwrap();
-    a.jb(find).unwrap();
-    a.mov(al, b'?' as u32).unwrap();
-    out_al(&mut a, SERIAL);
-    power_off(&mut a);
-    a.set_label(&mut found).unwrap();
-    config_read(&mut a, 0x10);
-    a.and(eax, -16).unwrap();
-    a.mov(esi, eax).unwrap();
-    config_read(&mut a, 0x04);
-    a.mov(eax, 0x6).unwrap();
-    a.out(dx, eax).unwrap();
+    find_function(&mut a, 0x25ab_8086);
     config_read(&mut a, 0x60);
     a.xor(eax, eax).unwrap(); // 1 kHz clock, reboots enabled
     a.out(dx, eax).unwrap();
@@ -478,8 +447,11 @@ fn watchdog_payload(preload: u32, pets: Option<u32>, afterwards: Afterwards) -> 
     long_mode(&mut a)
 }
 
-fn watchdog_vm(action: WatchdogAction, payload: Payload) -> (Vm, Capture, AcpiEvents, PciBus) {
-    let out = Capture::default();
+fn watchdog_vm(
+    action: WatchdogAction,
+    payload: Payload,
+) -> (Vm, SerialCapture, AcpiEvents, PciBus) {
+    let out = SerialCapture::default();
     let vm = vm(&out);
     let events = AcpiEvents::new();
     events.attach(&vm).unwrap();

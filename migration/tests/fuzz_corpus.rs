@@ -1,17 +1,11 @@
 //! Replays the `migration_stream` fuzz corpus (and committed crashes).
 
-#![allow(clippy::unwrap_used)]
-
-use std::path::Path;
-
 #[test]
 fn migration_stream_corpus() {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let n = virtkit_core::fuzzing::replay_corpus(
-        &fuzz,
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
         "migration_stream",
+        10,
         virtkit_migration::fuzzing::stream,
-    )
-    .unwrap();
-    assert!(n >= 10, "only {n} corpus files");
+    );
 }

@@ -503,9 +503,7 @@ impl Vm {
         len: u64,
         dev: SharedDevice,
     ) -> Result<(), RuntimeError> {
-        self.expect_state("add a device to", &[RunState::Created])?;
-        Arc::make_mut(&mut lock(&self.pio)).insert(base, len, dev)?;
-        Ok(())
+        self.add_device(&self.pio, base, len, dev)
     }
 
     /// Add an MMIO device at `[base, base + len)` to a VM that has not
@@ -516,8 +514,18 @@ impl Vm {
         len: u64,
         dev: SharedDevice,
     ) -> Result<(), RuntimeError> {
+        self.add_device(&self.mmio, base, len, dev)
+    }
+
+    fn add_device(
+        &self,
+        bus: &Mutex<Arc<Bus>>,
+        base: u64,
+        len: u64,
+        dev: SharedDevice,
+    ) -> Result<(), RuntimeError> {
         self.expect_state("add a device to", &[RunState::Created])?;
-        Arc::make_mut(&mut lock(&self.mmio)).insert(base, len, dev)?;
+        Arc::make_mut(&mut lock(bus)).insert(base, len, dev)?;
         Ok(())
     }
 
