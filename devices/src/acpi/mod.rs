@@ -3,5 +3,6 @@
 //! the SCI.
 
 pub mod events;
+pub mod tables;
 
 pub use events::{AcpiEvents, GsiLine, IrqLine};
