@@ -244,6 +244,27 @@ fn real_mode_entry() -> Entry {
     }
 }
 
+/// Where [`cpuid_dump`] stores its results.
+pub const CPUID_OUT: u64 = 0x2_0000;
+
+/// Long mode: run CPUID for each `(leaf, subleaf)` and store EAX, EBX,
+/// ECX, EDX (16 bytes per query) from [`CPUID_OUT`] on, then power off.
+pub fn cpuid_dump(queries: &[(u32, u32)]) -> Result<Payload, PayloadError> {
+    let mut a = CodeAssembler::new(64)?;
+    for (i, &(leaf, sub)) in queries.iter().enumerate() {
+        let at = CPUID_OUT + 16 * i as u64;
+        a.mov(eax, leaf)?;
+        a.mov(ecx, sub)?;
+        a.cpuid()?;
+        a.mov(dword_ptr(at), eax)?;
+        a.mov(dword_ptr(at + 4), ebx)?;
+        a.mov(dword_ptr(at + 8), ecx)?;
+        a.mov(dword_ptr(at + 12), edx)?;
+    }
+    power_off(&mut a)?;
+    long_mode(&mut a, CPUID_OUT + 16 * queries.len() as u64)
+}
+
 /// Long mode: load an empty IDT and execute `ud2`, so the #UD cannot be
 /// delivered and the vCPU triple-faults.
 pub fn triple_fault() -> Result<Payload, PayloadError> {

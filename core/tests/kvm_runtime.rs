@@ -363,3 +363,170 @@ fn bad_configs_are_typed_errors() {
     let big = payload::touch_pages(1024, None, 0).unwrap();
     assert!(matches!(big.load(&vm), Err(RuntimeError::InvalidConfig(_))));
 }
+
+/// Run CPUID in a guest built with `cpu` and return (leaf, sub) → regs.
+fn guest_cpuid(
+    cpu: virtkit_core::runtime::CpuConfig,
+    vcpus: u8,
+    queries: &[(u32, u32)],
+) -> (Vec<[u32; 4]>, Vec<virtkit_core::runtime::cpu::CpuidEntry>) {
+    let vm = VmBuilder::new(config(vcpus, 2)).cpu(cpu).build().unwrap();
+    let given = vm.vcpu_cpuid(0).unwrap();
+    payload::cpuid_dump(queries).unwrap().load(&vm).unwrap();
+    vm.start().unwrap();
+    assert_eq!(
+        vm.wait_timeout(Duration::from_secs(30)).unwrap(),
+        Some(VmExit::PowerOff)
+    );
+    let mut out = vec![0u8; 16 * queries.len()];
+    vm.read_memory(payload::CPUID_OUT, &mut out).unwrap();
+    let seen = out
+        .chunks(16)
+        .map(|c| {
+            let w = |i: usize| u32::from_le_bytes(c[4 * i..4 * i + 4].try_into().unwrap());
+            [w(0), w(1), w(2), w(3)]
+        })
+        .collect();
+    (seen, given)
+}
+
+fn leaf(
+    entries: &[virtkit_core::runtime::cpu::CpuidEntry],
+    function: u32,
+) -> virtkit_core::runtime::cpu::CpuidEntry {
+    *entries
+        .iter()
+        .find(|e| e.function == function && e.index == 0)
+        .unwrap()
+}
+
+#[test]
+fn guest_cpuid_follows_topology_model_and_feature_policies() {
+    use virtkit_core::runtime::cpu::{host_cpu_info, CpuConfig, CpuModel, Topology, FEATURES};
+    use virtkit_core::spec::vmi::CpuFeaturePolicy::*;
+    if !kvm_present() {
+        return;
+    }
+    let host = host_cpu_info().unwrap();
+    let bit = |name: &str| FEATURES.iter().find(|f| f.name == name).unwrap().bit;
+    // A feature KVM lacks here, for `force` and `require`.
+    let absent = [
+        "avx512f", "avx512bw", "sha-ni", "vaes", "pku", "umip", "rtm",
+    ]
+    .into_iter()
+    .find(|f| !host.features.contains(f));
+    let topology = Topology {
+        sockets: 1,
+        cores: 2,
+        threads: 2,
+    };
+    let mut features = vec![
+        ("x2apic".to_string(), Disable),
+        ("pcid".to_string(), Optional),
+    ];
+    if let Some(absent) = absent {
+        features.push((absent.to_string(), Force));
+    }
+    let cpu = CpuConfig {
+        topology,
+        model: CpuModel::Host,
+        features,
+    };
+    let (r, given) = guest_cpuid(cpu, 4, &[(1, 0), (7, 0), (0xb, 0), (0xb, 1)]);
+    // What KVM was given (KVM_GET_CPUID2) follows every policy.
+    assert_eq!(leaf(&given, 1).ecx & (1 << 21), 0, "x2apic disabled");
+    assert_eq!(
+        leaf(&given, 1).ecx & (1 << 17) != 0,
+        host.features.contains(&"pcid"),
+        "optional pcid follows the host"
+    );
+    // The guest sees exactly that. (KVM on this machine adds some
+    // hardware bits, e.g. SSE, to what it was given; KVM_GET_CPUID2
+    // reports them too, so the comparison is with what KVM holds.)
+    let l1 = leaf(&given, 1);
+    assert_eq!(
+        r[0],
+        [l1.eax, l1.ebx, l1.ecx, l1.edx],
+        "leaf 1 in the guest"
+    );
+    assert_eq!(r[0][2] & (1 << 21), 0, "the guest sees no x2apic");
+    assert_eq!((r[0][1] >> 16) & 0xff, 4, "4 logical CPUs per package");
+    assert_eq!(r[0][1] >> 24, 0, "vCPU 0 has APIC ID 0");
+    assert_eq!((r[2][0], r[2][1]), (1, 2), "SMT level: shift 1, 2 threads");
+    assert_eq!((r[3][0], r[3][1]), (2, 4), "core level: shift 2, 4 CPUs");
+    match absent {
+        Some(name) => {
+            let f = FEATURES.iter().find(|f| f.name == name).unwrap();
+            let reg = match f.reg {
+                virtkit_core::runtime::cpu::Reg::Eax => 0,
+                virtkit_core::runtime::cpu::Reg::Ebx => 1,
+                virtkit_core::runtime::cpu::Reg::Ecx => 2,
+                virtkit_core::runtime::cpu::Reg::Edx => 3,
+            };
+            let row = if f.leaf == 1 { 0 } else { 1 };
+            assert_ne!(r[row][reg] & (1 << bit(name)), 0, "forced {name} is shown");
+            // `require` of what the host lacks refuses to build.
+            let need = CpuConfig {
+                topology: Topology::flat(1),
+                model: CpuModel::Host,
+                features: vec![(name.to_string(), Require)],
+            };
+            let err = VmBuilder::new(config(1, 2)).cpu(need).build().err().unwrap();
+            assert!(err.to_string().contains("is required but this host does not support it"), "{err}");
+        }
+        None => eprintln!("note: this host's KVM offers every candidate feature; force/require of an absent one not exercised"),
+    }
+    // `forbid` of what the host has refuses to build.
+    let forbid = CpuConfig {
+        topology: Topology::flat(1),
+        model: CpuModel::Host,
+        features: vec![("sse2".to_string(), Forbid)],
+    };
+    let err = VmBuilder::new(config(1, 2))
+        .cpu(forbid)
+        .build()
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("is forbidden but this host supports it"),
+        "{err}"
+    );
+    // A topology that does not give the vCPU count.
+    let err = VmBuilder::new(config(3, 2))
+        .cpu(CpuConfig::flat(2))
+        .build()
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("does not give 3 vCPUs"), "{err}");
+    // Conroe: exactly its row of the named features, or a clear refusal
+    // where this host's KVM cannot offer them.
+    let conroe = CpuConfig {
+        topology: Topology::flat(1),
+        model: CpuModel::Named("Conroe"),
+        features: Vec::new(),
+    };
+    if !host.models.contains(&"Conroe") {
+        let err = VmBuilder::new(config(1, 2))
+            .cpu(conroe.clone())
+            .build()
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("cannot run CPU model Conroe"),
+            "{err}"
+        );
+    } else {
+        let (r, given) = guest_cpuid(conroe, 1, &[(1, 0)]);
+        let l1 = leaf(&given, 1);
+        assert_ne!(l1.ecx & (1 << bit("ssse3")), 0);
+        assert_eq!(l1.ecx & (1 << bit("sse4.1")), 0, "Conroe has no SSE4.1");
+        assert_eq!(l1.ecx & (1 << bit("x2apic")), 0);
+        assert_ne!(l1.edx & (1 << bit("sse2")), 0);
+        assert_ne!(
+            r[0][2] & (1 << bit("ssse3")),
+            0,
+            "the guest sees Conroe's ssse3"
+        );
+    }
+}

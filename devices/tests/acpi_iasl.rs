@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use virtkit_core::runtime::Topology;
 use virtkit_devices::acpi::tables::{AcpiConfig, AcpiTables};
 use virtkit_devices::pci::PciLayout;
 
@@ -54,7 +55,11 @@ fn iasl_accepts_every_table_and_reads_back_the_platform() {
     let dir = tempfile::tempdir().unwrap();
     let layout = PciLayout::for_memory(1 << 30);
     let tables = AcpiTables::build(&AcpiConfig {
-        vcpus: 4,
+        topology: Topology {
+            sockets: 1,
+            cores: 3,
+            threads: 2,
+        },
         pci: layout,
     });
 
@@ -79,7 +84,9 @@ fn iasl_accepts_every_table_and_reads_back_the_platform() {
     assert!(fadt.contains("0000000000000CF9"), "reset register at 0xCF9");
 
     let madt = disassemble(dir.path(), &tables, "APIC");
-    assert_eq!(madt.matches("Processor Local APIC").count(), 4);
+    assert_eq!(madt.matches("Processor Local APIC").count(), 6);
+    // Thread bit 0, core bits 1-2: core 2 thread 1 is APIC ID 5.
+    assert!(madt.contains("Local Apic ID : 05"), "{madt}");
     assert!(madt.contains("FEC00000"), "I/O APIC");
     assert_eq!(madt.matches("Interrupt Source Override").count(), 2);
 

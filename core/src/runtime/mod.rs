@@ -15,6 +15,7 @@
 
 pub mod boot;
 pub mod bus;
+pub mod cpu;
 pub mod devices;
 pub mod irq;
 pub mod memory;
@@ -24,6 +25,7 @@ mod vm;
 
 pub use boot::BootState;
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
+pub use cpu::{CpuConfig, CpuError, HostCpuInfo, Topology};
 pub use irq::Interrupts;
 pub use state::{StateError, VcpuState, VmClockState};
 pub use vm::{dirty_pages, DirtyBitmap, RunState, Vm, VmBuilder, VmConfig};
@@ -173,6 +175,9 @@ pub enum RuntimeError {
     /// Saved state could not be used.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The guest CPU configuration cannot run here.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
     /// A device range could not be mapped.
     #[error(transparent)]
     Bus(#[from] BusError),

@@ -16,6 +16,7 @@ use zerocopy::little_endian::U32;
 
 use super::boot::{self, BootState};
 use super::bus::{Bus, SharedDevice};
+use super::cpu::{self, CpuConfig, CpuError, CpuidEntry};
 use super::devices::{
     ExitRequest, PowerControl, ResetControl, SerialDevice, COM1_IRQ, COM1_PORT, PM1A_CNT_PORT,
     RESET_PORT,
@@ -94,6 +95,7 @@ pub struct VmBuilder {
     mmio: Vec<(u64, u64, SharedDevice)>,
     require_smm: bool,
     kvm_device: Option<std::path::PathBuf>,
+    cpu: Option<CpuConfig>,
 }
 
 impl VmBuilder {
@@ -106,6 +108,7 @@ impl VmBuilder {
             mmio: Vec::new(),
             require_smm: false,
             kvm_device: None,
+            cpu: None,
         }
     }
 
@@ -130,6 +133,14 @@ impl VmBuilder {
     /// Add an MMIO device at `[base, base + len)`.
     pub fn mmio_device(mut self, base: u64, len: u64, dev: SharedDevice) -> Self {
         self.mmio.push((base, len, dev));
+        self
+    }
+
+    /// The guest CPU: topology, model and feature policies (default: one
+    /// socket of single-threaded cores, the host model). Its topology must
+    /// give the configured vCPU count.
+    pub fn cpu(mut self, cpu: CpuConfig) -> Self {
+        self.cpu = Some(cpu);
         self
     }
 
@@ -225,24 +236,23 @@ impl VmBuilder {
             .filter(|m| host_msrs.as_slice().contains(m))
             .take(MAX_MSRS)
             .collect();
+        let cpu = self
+            .cpu
+            .unwrap_or_else(|| CpuConfig::flat(u32::from(cfg.vcpus)));
+        if cpu.topology.vcpus() != u32::from(cfg.vcpus) {
+            return Err(RuntimeError::Cpu(CpuError::Topology {
+                topology: cpu.topology,
+                vcpus: u32::from(cfg.vcpus),
+            }));
+        }
+        let host: Vec<CpuidEntry> = supported.as_slice().iter().map(cpu::from_kvm).collect();
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
-        for id in 0..cfg.vcpus {
+        for index in 0..u32::from(cfg.vcpus) {
+            let guest = cpu.guest_cpuid(&host, index)?;
             let fd = vm_fd
-                .create_vcpu(u64::from(id))
+                .create_vcpu(u64::from(cpu.topology.apic_id(index)))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let mut cpuid = supported.clone();
-            for e in cpuid.as_mut_slice() {
-                match e.function {
-                    // Initial APIC id and logical CPU count.
-                    1 => {
-                        e.ebx = (e.ebx & 0x0000_ffff)
-                            | (u32::from(id) << 24)
-                            | (u32::from(cfg.vcpus) << 16);
-                    }
-                    0xb => e.edx = u32::from(id),
-                    _ => {}
-                }
-            }
+            let cpuid = cpu::to_kvm(&guest, supported.as_slice())?;
             fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             vcpus.push(Arc::new(Mutex::new(fd)));
         }
@@ -544,6 +554,19 @@ impl Vm {
     pub fn exit_requester(&self) -> ExitRequest {
         let ctl = self.ctl.clone();
         Arc::new(move |e| ctl.request_exit(e))
+    }
+
+    /// The CPUID vCPU `index` was given (KVM_GET_CPUID2).
+    pub fn vcpu_cpuid(&self, index: usize) -> Result<Vec<CpuidEntry>, RuntimeError> {
+        let fd = self
+            .vcpus
+            .get(index)
+            .ok_or_else(|| RuntimeError::InvalidConfig(format!("the VM has no vCPU {index}")))?;
+        let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
+        let cpuid = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_CPUID2"))?;
+        Ok(cpuid.as_slice().iter().map(cpu::from_kvm).collect())
     }
 
     /// A handle through which devices raise interrupts in this VM.

@@ -28,7 +28,7 @@ use super::events::{GPE0_LEN, GPE0_PORT, PM1A_EVT_LEN, PM1A_EVT_PORT, SCI_GSI};
 use crate::pci::hotplug::{HOTPLUG_LEN, HOTPLUG_PORT};
 use crate::pci::{PciLayout, HOST_BRIDGE_SLOT, Q35_LPC_SLOT, SLOT_COUNT};
 use virtkit_core::runtime::devices::{PM1A_CNT_PORT, RESET_PORT};
-use virtkit_core::runtime::{RuntimeError, Vm};
+use virtkit_core::runtime::{RuntimeError, Topology, Vm};
 
 /// Where the RSDP goes: the BIOS read-only area that OSes scan.
 pub const RSDP_ADDR: u64 = 0xe_0000;
@@ -42,8 +42,9 @@ const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// What the tables describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcpiConfig {
-    /// vCPUs (APIC IDs 0..vcpus).
-    pub vcpus: u8,
+    /// The guest CPU topology; the MADT lists each vCPU's APIC ID as the
+    /// runtime assigns it ([`Topology::apic_id`]).
+    pub topology: Topology,
     /// The PCI bus's address layout.
     pub pci: PciLayout,
 }
@@ -276,8 +277,13 @@ impl AcpiTables {
             1,
             LocalInterruptController::Address(LAPIC_ADDR),
         );
-        for id in 0..config.vcpus {
-            madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+        for index in 0..config.topology.vcpus() {
+            let apic = config.topology.apic_id(index) as u8;
+            madt.add_structure(ProcessorLocalApic::new(
+                index as u8,
+                apic,
+                EnabledStatus::Enabled,
+            ));
         }
         madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
         // ISA IRQ 0 is wired to GSI 2; the SCI is level-triggered, active high.
@@ -381,7 +387,7 @@ mod tests {
     #[test]
     fn checksums_lengths_and_links() {
         let t = AcpiTables::build(&AcpiConfig {
-            vcpus: 2,
+            topology: Topology::flat(2),
             pci: PciLayout::for_memory(1 << 30),
         });
         let rsdp = t.table("RSD PTR ").unwrap();
