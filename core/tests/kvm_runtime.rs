@@ -530,3 +530,72 @@ fn guest_cpuid_follows_topology_model_and_feature_policies() {
         );
     }
 }
+
+#[test]
+fn dedicated_vcpus_are_pinned_and_the_pool_runs_out() {
+    use virtkit_core::runtime::pinning::{thread_affinity, CpuPool, CpuSet, DedicatedCpus};
+    if !kvm_present() {
+        return;
+    }
+    let host = thread_affinity(0).unwrap();
+    if host.len() < 2 {
+        eprintln!("SKIP: dedicated CPUs need 2 host CPUs (one stays for housekeeping); this process may use {host}");
+        return;
+    }
+    // Keep the first CPU for housekeeping; the rest are the pool.
+    let cpus = host.cpus();
+    let pool = CpuPool::new(&cpus[1..].iter().copied().collect::<CpuSet>());
+    let placement = DedicatedCpus::allocate(&pool, 1, false).unwrap();
+    let vm = VmBuilder::new(config(1, 2))
+        .vcpu_pinning(placement.vcpus.clone())
+        .build()
+        .unwrap();
+    payload::spin().unwrap().load(&vm).unwrap();
+    vm.start().unwrap();
+    let start = Instant::now();
+    let tid = loop {
+        let t = vm.vcpu_thread_ids()[0];
+        if t != 0 {
+            break t;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "vCPU thread never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The thread pins itself first thing; give it the moment it needs.
+    let pinned = loop {
+        let a = thread_affinity(tid).unwrap();
+        if a.len() == 1 || start.elapsed() > Duration::from_secs(10) {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(
+        pinned.cpus(),
+        vec![placement.vcpus[0]],
+        "vCPU 0 runs only on its CPU"
+    );
+    // With every pool CPU leased, a second dedicated VM cannot start.
+    let rest = pool.free().len();
+    let other = pool.allocate(rest).unwrap();
+    let err = DedicatedCpus::allocate(&pool, 1, false).unwrap_err();
+    assert!(
+        err.to_string().contains("0 free CPUs; 1 are needed"),
+        "{err}"
+    );
+    assert_eq!(vm.stop().unwrap(), VmExit::Stopped);
+    drop((placement, other));
+    DedicatedCpus::allocate(&pool, 1, false).expect("the CPU came back when the VM stopped");
+    // A pinning that does not match the vCPU count is refused.
+    let err = VmBuilder::new(config(2, 2))
+        .vcpu_pinning(vec![1])
+        .build()
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("1 host CPUs given to pin 2 vCPUs"),
+        "{err}"
+    );
+}

@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod devices;
 pub mod irq;
 pub mod memory;
+pub mod pinning;
 pub mod state;
 mod vcpu;
 mod vm;

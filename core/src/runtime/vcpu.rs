@@ -131,6 +131,14 @@ fn kick(threads: &[libc::pthread_t]) {
     }
 }
 
+/// Where a vCPU thread runs and where it reports its thread ID.
+pub(crate) struct Placement {
+    /// The host CPU to pin to, if dedicated.
+    pub cpu: Option<usize>,
+    /// Thread IDs of the vCPUs, by index.
+    pub tids: Arc<Mutex<Vec<libc::pid_t>>>,
+}
+
 /// The body of one vCPU thread.
 pub(crate) fn run(
     id: u8,
@@ -138,7 +146,30 @@ pub(crate) fn run(
     ctl: Arc<Control>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    placement: Placement,
 ) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    if let Some(slot) = placement
+        .tids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(usize::from(id))
+    {
+        *slot = tid;
+    }
+    if let Some(cpu) = placement.cpu {
+        if let Err(e) = super::pinning::pin_current_thread(&[cpu]) {
+            ctl.request_exit(VmExit::VcpuError {
+                vcpu: id,
+                message: format!("could not pin to host CPU {cpu}: {e}"),
+            });
+            let mut g = ctl.lock();
+            g.exited += 1;
+            ctl.cond.notify_all();
+            return;
+        }
+    }
     loop {
         {
             let mut g = ctl.lock();

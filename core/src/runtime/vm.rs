@@ -96,6 +96,7 @@ pub struct VmBuilder {
     require_smm: bool,
     kvm_device: Option<std::path::PathBuf>,
     cpu: Option<CpuConfig>,
+    pinning: Option<Vec<usize>>,
 }
 
 impl VmBuilder {
@@ -109,6 +110,7 @@ impl VmBuilder {
             require_smm: false,
             kvm_device: None,
             cpu: None,
+            pinning: None,
         }
     }
 
@@ -141,6 +143,13 @@ impl VmBuilder {
     /// give the configured vCPU count.
     pub fn cpu(mut self, cpu: CpuConfig) -> Self {
         self.cpu = Some(cpu);
+        self
+    }
+
+    /// Pin vCPU `i` to host CPU `cpus[i]` (dedicated CPU placement; see
+    /// [`pinning::DedicatedCpus`](super::pinning::DedicatedCpus)).
+    pub fn vcpu_pinning(mut self, cpus: Vec<usize>) -> Self {
+        self.pinning = Some(cpus);
         self
     }
 
@@ -236,6 +245,15 @@ impl VmBuilder {
             .filter(|m| host_msrs.as_slice().contains(m))
             .take(MAX_MSRS)
             .collect();
+        if let Some(p) = &self.pinning {
+            if p.len() != usize::from(cfg.vcpus) {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "{} host CPUs given to pin {} vCPUs",
+                    p.len(),
+                    cfg.vcpus
+                )));
+            }
+        }
         let cpu = self
             .cpu
             .unwrap_or_else(|| CpuConfig::flat(u32::from(cfg.vcpus)));
@@ -259,6 +277,7 @@ impl VmBuilder {
         vcpu::install_kick_handler()?;
         let slots = memory.num_regions();
         let cpuid_signature = cpuid_signature(supported.as_slice());
+        let cfg_vcpus = cfg.vcpus;
         Ok(Vm {
             config: cfg,
             _kvm: kvm,
@@ -275,6 +294,8 @@ impl VmBuilder {
             dirty_logging: Mutex::new(vec![false; slots]),
             msr_list,
             cpuid_signature,
+            pinning: self.pinning,
+            tids: Arc::new(Mutex::new(vec![0; usize::from(cfg_vcpus)])),
         })
     }
 }
@@ -392,6 +413,8 @@ pub struct Vm {
     dirty_logging: Mutex<Vec<bool>>,
     msr_list: Vec<u32>,
     cpuid_signature: u64,
+    pinning: Option<Vec<usize>>,
+    tids: Arc<Mutex<Vec<libc::pid_t>>>,
 }
 
 impl Vm {
@@ -569,6 +592,11 @@ impl Vm {
         Ok(cpuid.as_slice().iter().map(cpu::from_kvm).collect())
     }
 
+    /// Linux thread IDs of the vCPU threads, by index (0 until started).
+    pub fn vcpu_thread_ids(&self) -> Vec<libc::pid_t> {
+        lock(&self.tids).clone()
+    }
+
     /// A handle through which devices raise interrupts in this VM.
     pub fn interrupts(&self) -> Interrupts {
         Interrupts::new(self.vm_fd.clone())
@@ -586,10 +614,14 @@ impl Vm {
                 lock(&self.pio).clone(),
                 lock(&self.mmio).clone(),
             );
+            let placement = vcpu::Placement {
+                cpu: self.pinning.as_ref().and_then(|p| p.get(id).copied()),
+                tids: self.tids.clone(),
+            };
             let id = id as u8;
             let h = std::thread::Builder::new()
                 .name(format!("{}-vcpu{id}", self.config.name))
-                .spawn(move || vcpu::run(id, vcpu, ctl, pio, mmio))
+                .spawn(move || vcpu::run(id, vcpu, ctl, pio, mmio, placement))
                 .map_err(RuntimeError::Thread);
             match h {
                 Ok(h) => {
