@@ -599,3 +599,93 @@ fn dedicated_vcpus_are_pinned_and_the_pool_runs_out() {
         "{err}"
     );
 }
+
+/// Puts the 2 MiB pool back to its size when the test ends, pass or fail.
+struct PoolGuard {
+    path: &'static str,
+    original: String,
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, &self.original);
+    }
+}
+
+#[test]
+fn hugepage_backed_guest_takes_its_pages_from_the_pool() {
+    use virtkit_core::runtime::memory::{free_hugepages, HugePageSize};
+    if !kvm_present() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: resizing the hugepage pool needs root");
+        return;
+    }
+    const NR: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+    let original = std::fs::read_to_string(NR).unwrap();
+    let guard = PoolGuard {
+        path: NR,
+        original: original.clone(),
+    };
+    let before = free_hugepages(HugePageSize::Size2M).unwrap();
+    let target = original.trim().parse::<u64>().unwrap() + 4;
+    std::fs::write(NR, target.to_string()).unwrap();
+    let free = free_hugepages(HugePageSize::Size2M).unwrap();
+    if free < before + 4 {
+        eprintln!("SKIP: the kernel could not reserve 4 more 2 MiB pages (fragmented memory)");
+        return;
+    }
+    let out = SerialCapture::default();
+    let vm = VmBuilder::new(config(1, 8))
+        .hugepages(Some(HugePageSize::Size2M))
+        .serial_output(Box::new(out.clone()))
+        .build()
+        .unwrap();
+    assert_eq!(
+        free_hugepages(HugePageSize::Size2M).unwrap(),
+        free - 4,
+        "the 8 MiB guest holds four 2 MiB pages from the start"
+    );
+    payload::print_and_power_off("on hugepages\n")
+        .unwrap()
+        .load(&vm)
+        .unwrap();
+    vm.start().unwrap();
+    assert_eq!(
+        vm.wait_timeout(Duration::from_secs(30)).unwrap(),
+        Some(VmExit::PowerOff)
+    );
+    assert_eq!(out.text(), "on hugepages\n");
+    drop(vm);
+    assert_eq!(
+        free_hugepages(HugePageSize::Size2M).unwrap(),
+        free,
+        "pages returned"
+    );
+    drop(guard);
+    // More pages than the pool has: a typed error before any vCPU.
+    let free = free_hugepages(HugePageSize::Size2M).unwrap();
+    let err = VmBuilder::new(config(1, (free + 1) * 2))
+        .hugepages(Some(HugePageSize::Size2M))
+        .build()
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, RuntimeError::HugepagesUnavailable { needed, .. } if needed == free + 1),
+        "{err}"
+    );
+    // 1 GiB pages: none reserved here, so a clear refusal.
+    if free_hugepages(HugePageSize::Size1G).unwrap_or(0) == 0 {
+        let err = VmBuilder::new(config(1, 1024))
+            .hugepages(Some(HugePageSize::Size1G))
+            .build()
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("not enough free 1Gi hugepages"),
+            "{err}"
+        );
+    }
+}

@@ -137,6 +137,16 @@ pub enum RuntimeError {
         /// Bytes the host has.
         available: u64,
     },
+    /// The host's hugepage pool cannot back the guest.
+    #[error("not enough free {size} hugepages on this host: {needed} needed, {free} free")]
+    HugepagesUnavailable {
+        /// Page size.
+        size: memory::HugePageSize,
+        /// Pages the guest needs.
+        needed: u64,
+        /// Pages free in the pool.
+        free: u64,
+    },
     /// Guest memory could not be mapped or accessed.
     #[error("guest memory: {0}")]
     GuestMemory(String),

@@ -22,7 +22,7 @@ use super::devices::{
     RESET_PORT,
 };
 use super::irq::Interrupts;
-use super::memory::{self, GuestMem, RamRange, PAGE_SIZE};
+use super::memory::{self, GuestMem, HugePageSize, RamRange, PAGE_SIZE};
 use super::state::{VcpuState, VmClockState, MAX_MSRS, SAVED_MSRS};
 use super::vcpu::{self, Control, Request};
 use super::{kvm_err, RuntimeError, VmExit};
@@ -97,6 +97,7 @@ pub struct VmBuilder {
     kvm_device: Option<std::path::PathBuf>,
     cpu: Option<CpuConfig>,
     pinning: Option<Vec<usize>>,
+    hugepages: Option<HugePageSize>,
 }
 
 impl VmBuilder {
@@ -111,6 +112,7 @@ impl VmBuilder {
             kvm_device: None,
             cpu: None,
             pinning: None,
+            hugepages: None,
         }
     }
 
@@ -153,6 +155,14 @@ impl VmBuilder {
         self
     }
 
+    /// Back guest RAM with hugepages of `size` (KubeVirt
+    /// `memory.hugepages.pageSize`); the memory size must be a multiple
+    /// of the page size and the host pool must hold enough free pages.
+    pub fn hugepages(mut self, size: Option<HugePageSize>) -> Self {
+        self.hugepages = size;
+        self
+    }
+
     /// Fail the build unless the host can run SMM (Secure Boot needs it).
     pub fn require_smm(mut self, yes: bool) -> Self {
         self.require_smm = yes;
@@ -187,7 +197,10 @@ impl VmBuilder {
                 needed_for: "Secure Boot requires SMM",
             });
         }
-        let memory = memory::create(cfg.memory_bytes)?;
+        let memory = match self.hugepages {
+            Some(size) => memory::create_hugepages(cfg.memory_bytes, size)?,
+            None => memory::create(cfg.memory_bytes)?,
+        };
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm_fd
             .set_tss_address(0xfffb_d000)

@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use virtkit_core::document::Mode;
 use virtkit_core::payload::{self, Payload, COUNTER_ADDR};
-use virtkit_core::runtime::{CpuConfig, VmBuilder, VmConfig, VmExit};
+use virtkit_core::runtime::{memory, CpuConfig, VmBuilder, VmConfig, VmExit};
 use virtkit_core::spec::vmi::VmiSpec;
 use virtkit_examples::{human_bytes, load_vm};
 
@@ -83,6 +83,13 @@ fn run(name: &str, spec: &VmiSpec, kind: PayloadKind, timeout: u64) -> ExitCode 
             return ExitCode::from(2);
         }
     };
+    let hugepages = match memory::hugepages_of(spec) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let secure_boot = spec
         .domain
         .firmware
@@ -112,6 +119,7 @@ fn run(name: &str, spec: &VmiSpec, kind: PayloadKind, timeout: u64) -> ExitCode 
         .serial_output(Box::new(LineFlushed(std::io::stdout())))
         .require_smm(secure_boot)
         .cpu(cpu)
+        .hugepages(hugepages)
         .build()
         .and_then(|vm| program.load(&vm).map(|()| vm))
         .and_then(|vm| vm.start().map(|()| vm));
