@@ -191,6 +191,24 @@ fn serve(
     }
 }
 
+/// Run `step` over `len` bytes from disk offset `start` in chunks of at
+/// most [`CHUNK`], through one reused buffer.
+fn in_chunks(
+    len: usize,
+    start: u64,
+    mut step: impl FnMut(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let (mut at, mut left) = (start, len);
+    while left > 0 {
+        let n = left.min(CHUNK);
+        step(&mut buf[..n], at)?;
+        at += n as u64;
+        left -= n;
+    }
+    Ok(())
+}
+
 fn execute(
     backend: &dyn BlockBackend,
     serial: &str,
@@ -218,16 +236,10 @@ fn execute(
             if !in_range(len) {
                 return Ok(S_IOERR);
             }
-            let mut at = offset.unwrap_or(0);
-            let mut buf = vec![0u8; len.min(CHUNK)];
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                backend.read_at(&mut buf[..n], at)?;
-                writer.write_all(&buf[..n])?;
-                at += n as u64;
-                left -= n;
-            }
+            in_chunks(len, offset.unwrap_or(0), |buf, at| {
+                backend.read_at(buf, at)?;
+                writer.write_all(buf)
+            })?;
             S_OK
         }
         T_OUT if read_only => S_IOERR,
@@ -236,16 +248,10 @@ fn execute(
             if !in_range(len) {
                 return Ok(S_IOERR);
             }
-            let mut at = offset.unwrap_or(0);
-            let mut buf = vec![0u8; len.min(CHUNK)];
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(CHUNK);
-                reader.read_exact(&mut buf[..n])?;
-                backend.write_at(&buf[..n], at)?;
-                at += n as u64;
-                left -= n;
-            }
+            in_chunks(len, offset.unwrap_or(0), |buf, at| {
+                reader.read_exact(buf)?;
+                backend.write_at(buf, at)
+            })?;
             S_OK
         }
         T_FLUSH => {
