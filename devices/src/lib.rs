@@ -15,6 +15,7 @@ pub struct ReadmeDoctests;
 pub mod acpi;
 pub mod block;
 pub mod fuzzing;
+pub mod host;
 pub mod pci;
 pub mod virtio;
 pub mod watchdog;

@@ -15,6 +15,8 @@ use rtnetlink::packet_route::link::{
 };
 use virtkit_core::spec::network::{OnOff, SriovNetworkNodePolicySpec, SriovNetworkSpec};
 
+use virtkit_devices::host::sysfs::{self, hex_id, link_name, PciSysfs, SysfsError};
+
 use crate::mac::MacAddr;
 use crate::state::StateFile;
 
@@ -101,34 +103,24 @@ pub struct PhysicalFunction {
 #[derive(Debug, Clone)]
 pub struct Sysfs {
     root: PathBuf,
+    pci: PciSysfs,
 }
 
 fn read_trim(path: &Path) -> Result<String, SriovError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|source| SriovError::Sysfs {
-            path: path.display().to_string(),
-            source,
-        })
+    Ok(sysfs::read_trim(path)?)
 }
 
 fn write(path: &Path, value: &str) -> Result<(), SriovError> {
-    std::fs::write(path, value).map_err(|source| SriovError::Sysfs {
-        path: path.display().to_string(),
-        source,
-    })
+    Ok(sysfs::write(path, value)?)
 }
 
-fn hex_id(text: &str) -> String {
-    text.trim_start_matches("0x").to_ascii_lowercase()
-}
-
-/// The last component of a symlink's target (`driver` → `iavf`).
-fn link_name(path: &Path) -> Option<String> {
-    std::fs::read_link(path)
-        .ok()?
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+impl From<SysfsError> for SriovError {
+    fn from(e: SysfsError) -> Self {
+        match e {
+            SysfsError::Io { path, source } => SriovError::Sysfs { path, source },
+            other => SriovError::Invalid(other.to_string()),
+        }
+    }
 }
 
 /// An inclusive range of VF indexes.
@@ -160,21 +152,21 @@ impl Sysfs {
 
     /// A tree rooted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Sysfs { root: root.into() }
-    }
-
-    fn device(&self, pci: &str) -> PathBuf {
-        self.root.join("bus/pci/devices").join(pci)
+        let root = root.into();
+        Sysfs {
+            pci: PciSysfs::new(&root),
+            root,
+        }
     }
 
     fn vf(&self, index: u32, pci: String) -> Result<VirtualFunction, SriovError> {
-        let dir = self.device(&pci);
+        let d = self.pci.device(&pci)?;
         Ok(VirtualFunction {
             index,
-            vendor: hex_id(&read_trim(&dir.join("vendor"))?),
-            device: hex_id(&read_trim(&dir.join("device"))?),
-            driver: link_name(&dir.join("driver")),
-            iommu_group: link_name(&dir.join("iommu_group")).and_then(|g| g.parse().ok()),
+            vendor: d.vendor,
+            device: d.device,
+            driver: d.driver,
+            iommu_group: d.iommu_group,
             pci,
         })
     }
@@ -271,7 +263,7 @@ impl Sysfs {
     /// Create `n` VFs on PF `pci` (`sriov_numvfs`; set to 0 first when it
     /// changes, as the kernel requires).
     pub fn set_num_vfs(&self, pci: &str, n: u32) -> Result<(), SriovError> {
-        let dir = self.device(pci);
+        let dir = self.pci.device_dir(pci);
         let total: u32 = read_trim(&dir.join("sriov_totalvfs"))?.parse().unwrap_or(0);
         if n > total {
             return Err(SriovError::Invalid(format!(
@@ -293,38 +285,13 @@ impl Sysfs {
     /// vfio-pci`): it must be in an IOMMU group; `driver_override`, unbind
     /// from its driver, `drivers_probe`.
     pub fn bind_vfio(&self, pci: &str) -> Result<(), SriovError> {
-        let dir = self.device(pci);
-        if link_name(&dir.join("iommu_group")).is_none() {
-            return Err(SriovError::Invalid(format!(
-                "{pci} has no IOMMU group: VFIO needs the IOMMU on (intel_iommu=on / amd_iommu=on)"
-            )));
-        }
-        if link_name(&dir.join("driver")).as_deref() == Some("vfio-pci") {
-            return Ok(());
-        }
-        write(&dir.join("driver_override"), "vfio-pci")?;
-        if dir.join("driver").exists() {
-            write(&dir.join("driver/unbind"), pci)?;
-        }
-        write(&self.root.join("bus/pci/drivers_probe"), pci)
+        Ok(self.pci.bind_vfio(pci)?)
     }
 
     /// The PCI addresses in IOMMU group `group` (all of them go to the VM
     /// together).
     pub fn iommu_group_devices(&self, group: u32) -> Result<Vec<String>, SriovError> {
-        let dir = self
-            .root
-            .join(format!("kernel/iommu_groups/{group}/devices"));
-        let entries = std::fs::read_dir(&dir).map_err(|source| SriovError::Sysfs {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let mut v: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        Ok(v)
+        Ok(self.pci.iommu_group_devices(group)?)
     }
 }
 
