@@ -74,6 +74,23 @@ struct Slot {
     name: String,
     hotplugged: bool,
     placed: Vec<(BarKind, u64)>,
+    /// What the function decodes now: (BAR, base, size), empty while
+    /// memory decoding is off. Kept here so an MMIO access finds its
+    /// device without locking every device on the bus.
+    decoded: Vec<(usize, u64, u64)>,
+}
+
+/// The memory ranges `config` decodes: (BAR, base, size).
+fn decoded_ranges(config: &ConfigSpace) -> Vec<(usize, u64, u64)> {
+    if config.command() & COMMAND_MEMORY == 0 {
+        return Vec::new();
+    }
+    config
+        .bar_specs()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, spec)| Some((index, config.bar_address(index)?, spec.as_ref()?.size)))
+        .collect()
 }
 
 struct Inner {
@@ -117,6 +134,7 @@ impl PciBus {
             name: "host bridge".into(),
             hotplugged: false,
             placed: Vec::new(),
+            decoded: Vec::new(),
         });
         PciBus {
             shared: Arc::new((
@@ -266,17 +284,19 @@ impl PciBus {
                 }
             }
         }
-        {
+        let decoded = {
             let mut d = lock_dev(&device);
             for (index, spec, addr) in addresses {
                 d.config_mut().set_bar(index, spec, addr);
             }
-        }
+            decoded_ranges(d.config())
+        };
         inner.slots[usize::from(slot)] = Some(Slot {
             device,
             name,
             hotplugged: hot,
             placed,
+            decoded,
         });
         if hot {
             inner.hotplug.plugged(slot);
@@ -372,10 +392,21 @@ impl PciBus {
 
     /// Write configuration space of `addr`.
     pub fn config_write(&self, addr: PciAddress, offset: usize, data: &[u8]) {
-        if let Some(d) = self.function(addr) {
-            let mut d = lock_dev(&d);
+        let Some(device) = self.function(addr) else {
+            return;
+        };
+        let decoded = {
+            let mut d = lock_dev(&device);
             d.config_mut().write(offset, data);
             d.config_written(offset, data.len());
+            decoded_ranges(d.config())
+        };
+        // The device lock is dropped before the bus lock is taken.
+        let mut inner = self.inner();
+        if let Some(Some(slot)) = inner.slots.get_mut(usize::from(addr.device)) {
+            if Arc::ptr_eq(&slot.device, &device) {
+                slot.decoded = decoded;
+            }
         }
     }
 
@@ -414,23 +445,14 @@ impl PciBus {
 
     /// The device and BAR that decode `addr` (memory decoding on).
     fn decode(&self, addr: u64, len: usize) -> Option<(Device, usize, u64)> {
+        let end = addr.checked_add(len as u64)?;
         let inner = self.inner();
-        for slot in inner.slots.iter().flatten() {
-            let d = lock_dev(&slot.device);
-            let cfg: &ConfigSpace = d.config();
-            if cfg.command() & COMMAND_MEMORY == 0 {
-                continue;
-            }
-            for (index, spec) in cfg.bar_specs().iter().enumerate() {
-                let (Some(spec), Some(base)) = (spec, cfg.bar_address(index)) else {
-                    continue;
-                };
-                if addr >= base && addr + len as u64 <= base + spec.size {
-                    return Some((slot.device.clone(), index, addr - base));
-                }
-            }
-        }
-        None
+        inner.slots.iter().flatten().find_map(|slot| {
+            slot.decoded
+                .iter()
+                .find(|(_, base, size)| addr >= *base && end <= base + size)
+                .map(|(bar, base, _)| (slot.device.clone(), *bar, addr - base))
+        })
     }
 
     fn eject(&self, slots: u32) {
