@@ -218,16 +218,10 @@ impl PciBus {
         let mut inner = self.inner();
         let slot = match slot {
             Some(s) => {
-                match slot_state(&inner, s) {
+                match slot_state(&inner, existing(s)?) {
                     SlotState::Free => {}
-                    SlotState::Reserved(what) if s < SLOT_COUNT => {
+                    SlotState::Reserved(what) => {
                         return Err(PciError::SlotReserved { slot: s, what })
-                    }
-                    SlotState::Reserved(_) => {
-                        return Err(PciError::NoSuchSlot {
-                            slot: s,
-                            total: SLOT_COUNT,
-                        })
                     }
                     SlotState::Occupied { name, .. } => {
                         return Err(PciError::SlotOccupied {
@@ -309,7 +303,7 @@ impl PciBus {
     /// [`PciBus::wait_ejected`].
     pub fn request_unplug(&self, slot: u8) -> Result<(), PciError> {
         let mut inner = self.inner();
-        match slot_state(&inner, slot) {
+        match slot_state(&inner, existing(slot)?) {
             SlotState::Occupied {
                 hotplugged: true, ..
             } => {
@@ -317,10 +311,6 @@ impl PciBus {
                 Ok(())
             }
             SlotState::Occupied { name, .. } => Err(PciError::NotRemovable { slot, device: name }),
-            _ if slot >= SLOT_COUNT => Err(PciError::NoSuchSlot {
-                slot,
-                total: SLOT_COUNT,
-            }),
             _ => Err(PciError::SlotEmpty { slot }),
         }
     }
@@ -355,20 +345,14 @@ impl PciBus {
     /// stopped, or the guest did not answer and the VMM gives up on it).
     pub fn remove(&self, slot: u8) -> Result<(), PciError> {
         let mut inner = self.inner();
-        match slot_state(&inner, slot) {
+        match slot_state(&inner, existing(slot)?) {
             SlotState::Occupied { .. } => {
                 remove_slot(&mut inner, slot);
                 self.shared.1.notify_all();
                 Ok(())
             }
-            SlotState::Reserved(what) if slot < SLOT_COUNT => {
-                Err(PciError::SlotReserved { slot, what })
-            }
-            _ if slot >= SLOT_COUNT => Err(PciError::NoSuchSlot {
-                slot,
-                total: SLOT_COUNT,
-            }),
-            _ => Err(PciError::SlotEmpty { slot }),
+            SlotState::Reserved(what) => Err(PciError::SlotReserved { slot, what }),
+            SlotState::Free => Err(PciError::SlotEmpty { slot }),
         }
     }
 
@@ -464,10 +448,21 @@ impl PciBus {
     }
 }
 
+/// `slot`, or `NoSuchSlot` when the bus has no such slot.
+fn existing(slot: u8) -> Result<u8, PciError> {
+    if slot < SLOT_COUNT {
+        Ok(slot)
+    } else {
+        Err(PciError::NoSuchSlot {
+            slot,
+            total: SLOT_COUNT,
+        })
+    }
+}
+
+/// The state of `slot`, which must exist (see [`existing`]).
 fn slot_state(inner: &Inner, slot: u8) -> SlotState {
-    let Some(entry) = inner.slots.get(usize::from(slot)) else {
-        return SlotState::Reserved("nothing: no such slot");
-    };
+    let entry = &inner.slots[usize::from(slot)];
     if let Some(what) = inner.reserved[usize::from(slot)] {
         return SlotState::Reserved(what);
     }
