@@ -8,15 +8,26 @@ use std::io::Read;
 
 use crate::ImageError;
 
+mod image;
+pub use image::{Qcow2Image, Qcow2OpenMode};
+
 const MAGIC: u32 = 0x5146_49fb;
 /// Incompatible feature bits this reader cannot honour.
-const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub(crate) const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_EXTERNAL_DATA: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
 const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
 /// Largest L1 table accepted (entries): 32 Mi entries × 8 B = 256 MiB.
 const MAX_L1_ENTRIES: u64 = 32 << 20;
+/// Host offset bits of L1, L2 and refcount-table entries.
+pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1/L2 flag: the cluster's refcount is exactly 1 (writable in place).
+pub(crate) const COPIED: u64 = 1 << 63;
+/// L2 flag: the cluster is compressed.
+pub(crate) const L2_COMPRESSED: u64 = 1 << 62;
+/// L2 flag (v3): the cluster reads as zeros.
+pub(crate) const L2_ZERO: u64 = 1;
 
 /// Random access to the image bytes (a file, a buffer).
 pub trait ReadAt {
@@ -72,6 +83,18 @@ pub struct Header {
     pub l1_size: u32,
     /// File offset of the L1 table.
     pub l1_table_offset: u64,
+    /// File offset of the refcount table.
+    pub refcount_table_offset: u64,
+    /// Clusters the refcount table occupies.
+    pub refcount_table_clusters: u32,
+    /// Internal snapshots in the image.
+    pub nb_snapshots: u32,
+    /// log2 of the refcount width in bits (v2: always 4, i.e. 16 bits).
+    pub refcount_order: u32,
+    /// Incompatible feature bits (v3; 0 for v2).
+    pub incompatible_features: u64,
+    /// Autoclear feature bits (v3; 0 for v2).
+    pub autoclear_features: u64,
 }
 
 impl Header {
@@ -98,18 +121,18 @@ pub struct Qcow2<'a, R: ReadAt + ?Sized> {
     file_len: u64,
     /// The header.
     pub header: Header,
-    l1: Vec<u64>,
+    pub(crate) l1: Vec<u64>,
 }
 
-fn bad(msg: impl Into<String>) -> ImageError {
+pub(crate) fn bad(msg: impl Into<String>) -> ImageError {
     ImageError::Corrupt(msg.into())
 }
 
-fn be32(b: &[u8], off: usize) -> u32 {
+pub(crate) fn be32(b: &[u8], off: usize) -> u32 {
     u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn be64(b: &[u8], off: usize) -> u64 {
+pub(crate) fn be64(b: &[u8], off: usize) -> u64 {
     (u64::from(be32(b, off)) << 32) | u64::from(be32(b, off + 4))
 }
 
@@ -143,11 +166,18 @@ impl<'a, R: ReadAt + ?Sized> Qcow2<'a, R> {
         }
         let l1_size = be32(&h, 36);
         let l1_table_offset = be64(&h, 40);
+        let (mut incompatible_features, mut autoclear_features, mut refcount_order) = (0, 0, 4);
         if version == 3 {
             if n < 104 {
                 return Err(bad("truncated v3 header"));
             }
             let incompat = be64(&h, 72);
+            incompatible_features = incompat;
+            autoclear_features = be64(&h, 88);
+            refcount_order = be32(&h, 96);
+            if refcount_order > 6 {
+                return Err(bad(format!("refcount_order {refcount_order} above 6")));
+            }
             if incompat & INCOMPAT_CORRUPT != 0 {
                 return Err(bad("image is marked corrupt"));
             }
@@ -178,6 +208,12 @@ impl<'a, R: ReadAt + ?Sized> Qcow2<'a, R> {
             virtual_size,
             l1_size,
             l1_table_offset,
+            refcount_table_offset: be64(&h, 48),
+            refcount_table_clusters: be32(&h, 56),
+            nb_snapshots: be32(&h, 60),
+            refcount_order,
+            incompatible_features,
+            autoclear_features,
         };
         let cs = header.cluster_size();
         let l2_entries = cs / 8;
@@ -219,7 +255,7 @@ impl<'a, R: ReadAt + ?Sized> Qcow2<'a, R> {
             .l1
             .get(l1_index)
             .ok_or_else(|| bad("cluster beyond the L1 table"))?;
-        let l2_offset = l1 & 0x00ff_ffff_ffff_fe00;
+        let l2_offset = l1 & OFFSET_MASK;
         if l2_offset == 0 {
             return Ok(Cluster::Zero);
         }
@@ -237,36 +273,7 @@ impl<'a, R: ReadAt + ?Sized> Qcow2<'a, R> {
             l2_cache.0 = l2_offset;
         }
         let entry = l2_cache.1[(index % l2_entries) as usize];
-        if entry & (1 << 62) != 0 {
-            let x = 62 - (self.header.cluster_bits - 8);
-            let offset = entry & ((1u64 << x) - 1);
-            let sectors = ((entry >> x) & ((1u64 << (self.header.cluster_bits - 8)) - 1)) + 1;
-            let len = sectors * 512 - (offset & 511);
-            let len = len.min(self.file_len.saturating_sub(offset));
-            if offset >= self.file_len || len == 0 {
-                return Err(bad(format!(
-                    "compressed cluster at {offset:#x} lies outside the file"
-                )));
-            }
-            return Ok(Cluster::Compressed(offset, len));
-        }
-        let offset = entry & 0x00ff_ffff_ffff_fe00;
-        if entry & 1 != 0 && self.header.version >= 3 {
-            return Ok(Cluster::Zero);
-        }
-        if offset == 0 {
-            return Ok(Cluster::Zero);
-        }
-        if offset % cs != 0
-            || offset
-                .checked_add(cs)
-                .is_none_or(|e| e > self.file_len + cs)
-        {
-            return Err(bad(format!(
-                "data cluster at {offset:#x} lies outside the file"
-            )));
-        }
-        Ok(Cluster::Data(offset))
+        decode_l2_entry(entry, &self.header, self.file_len)
     }
 
     /// Read `buf.len()` bytes of uncompressed cluster data at file offset
@@ -299,23 +306,75 @@ impl<'a, R: ReadAt + ?Sized> Qcow2<'a, R> {
             Cluster::Compressed(off, len) => {
                 scratch.resize(len as usize, 0);
                 self.src.fill_at(scratch, off).map_err(ImageError::Io)?;
-                let mut d = flate2::read::DeflateDecoder::new(&scratch[..]);
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match d.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(k) => filled += k,
-                        Err(e) => return Err(bad(format!("compressed cluster {index}: {e}"))),
-                    }
-                }
-                if filled != buf.len() {
-                    return Err(bad(format!(
-                        "compressed cluster {index} inflates to {filled} bytes, not {}",
-                        buf.len()
-                    )));
-                }
+                inflate_cluster(scratch, buf, index)?;
                 Ok(true)
             }
         }
     }
+}
+
+/// Where an L2 entry points: the cluster's state, with every offset checked
+/// against the file length (`file_len`).
+pub(crate) fn decode_l2_entry(
+    entry: u64,
+    header: &Header,
+    file_len: u64,
+) -> Result<Cluster, ImageError> {
+    let cs = header.cluster_size();
+    if entry & L2_COMPRESSED != 0 {
+        let (offset, len) = compressed_extent(entry, header);
+        let len = len.min(file_len.saturating_sub(offset));
+        if offset >= file_len || len == 0 {
+            return Err(bad(format!(
+                "compressed cluster at {offset:#x} lies outside the file"
+            )));
+        }
+        return Ok(Cluster::Compressed(offset, len));
+    }
+    let offset = entry & OFFSET_MASK;
+    if entry & L2_ZERO != 0 && header.version >= 3 {
+        return Ok(Cluster::Zero);
+    }
+    if offset == 0 {
+        return Ok(Cluster::Zero);
+    }
+    if offset % cs != 0 || offset.checked_add(cs).is_none_or(|e| e > file_len + cs) {
+        return Err(bad(format!(
+            "data cluster at {offset:#x} lies outside the file"
+        )));
+    }
+    Ok(Cluster::Data(offset))
+}
+
+/// A compressed entry's host offset and length as the refcounts see it
+/// (not clipped to the file).
+pub(crate) fn compressed_extent(entry: u64, header: &Header) -> (u64, u64) {
+    let x = 62 - (header.cluster_bits - 8);
+    let offset = entry & ((1u64 << x) - 1);
+    let sectors = ((entry >> x) & ((1u64 << (header.cluster_bits - 8)) - 1)) + 1;
+    (offset, sectors * 512 - (offset & 511))
+}
+
+/// Inflate a deflate-compressed cluster into `out` (exactly one cluster).
+pub(crate) fn inflate_cluster(
+    compressed: &[u8],
+    out: &mut [u8],
+    index: u64,
+) -> Result<(), ImageError> {
+    let mut d = flate2::read::DeflateDecoder::new(compressed);
+    let mut filled = 0;
+    while filled < out.len() {
+        match d.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) => return Err(bad(format!("compressed cluster {index}: {e}"))),
+        }
+    }
+    if filled != out.len() {
+        return Err(bad(format!(
+            "compressed cluster {index} inflates to {filled} bytes, not {}",
+            out.len()
+        )));
+    }
+    Ok(())
 }
