@@ -17,7 +17,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use virtkit_benches::{report_ratio, seconds_per_call};
 use virtkit_core::runtime::memory::{self, GuestMem};
-use virtkit_devices::block::{RawFile, RawOptions};
+use virtkit_devices::block::{DiskOptions, RawFile};
 use virtkit_devices::pci::{MsiSink, PciDevice};
 use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
 use virtkit_devices::virtio::pci::{driver_init_queue0, VirtioPciDevice, NOTIFY_OFFSET};
@@ -48,7 +48,7 @@ struct Driver {
 impl Driver {
     fn new(path: &Path) -> Self {
         let mem = memory::create(64 << 20).expect("guest memory");
-        let disk = RawFile::open(path, RawOptions::default()).expect("disk");
+        let disk = RawFile::open(path, DiskOptions::default()).expect("disk");
         let blk = VirtioBlock::new(
             Arc::new(disk),
             BlockConfig {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtkit_core::runtime::memory::{self, GuestMem};
-use virtkit_devices::block::{RawFile, RawOptions};
+use virtkit_devices::block::{DiskOptions, RawFile};
 use virtkit_devices::pci::{MsiSink, PciDevice};
 use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
 use virtkit_devices::virtio::pci::{
@@ -200,7 +200,7 @@ fn transport(
 ) -> VirtioPciDevice {
     let backend = RawFile::open(
         path,
-        RawOptions {
+        DiskOptions {
             read_only,
             shareable: false,
         },

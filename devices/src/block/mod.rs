@@ -1,0 +1,218 @@
+//! Block backends: where a virtio-blk device's sectors live. Raw files
+//! and block devices ([`RawFile`]) and qcow2 images ([`Qcow2File`], through
+//! `virtkit-storage`) are built in, both locked the way QEMU locks images;
+//! [`open_disk`] picks one by the image's contents. Users plug their own (a
+//! network store) through [`BlockBackend`].
+
+#[cfg(feature = "qcow2")]
+mod qcow2;
+mod raw;
+
+#[cfg(feature = "qcow2")]
+pub use qcow2::Qcow2File;
+pub use raw::RawFile;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// A disk's contents, as the block device sees them. Methods take
+/// `&self` so that several queues may serve one disk.
+pub trait BlockBackend: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool;
+    /// Fill `buf` from `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make completed writes durable.
+    fn flush(&self) -> io::Result<()>;
+    /// The range's contents are no longer needed (it may read as
+    /// anything afterwards; a raw file punches a hole).
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The range must read as zeroes; `unmap` allows freeing it.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+}
+
+/// How a disk image is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Open read-only (KubeVirt `readonly: true`, cdroms).
+    pub read_only: bool,
+    /// Other VMs may use the image at the same time (KubeVirt
+    /// `shareable: true`): take a shared lock rather than an exclusive one.
+    pub shareable: bool,
+}
+
+/// Why an image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// Open or stat failed.
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process holds a conflicting lock.
+    #[error("disk image {path} is in use by another VM (it holds a {held} lock); mark the disk shareable to use it from several VMs")]
+    Locked {
+        /// The image.
+        path: PathBuf,
+        /// The kind of lock that conflicts.
+        held: &'static str,
+    },
+    /// The image's format structures are broken or use what virtkit
+    /// cannot honour (a qcow2 with snapshots opened for writing, …).
+    #[cfg(feature = "qcow2")]
+    #[error("disk image {path}: {source}")]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: virtkit_storage::ImageError,
+    },
+}
+
+/// Open `path` for a disk and take the lock its options call for:
+/// exclusive for a writable, non-shareable disk, shared otherwise (the
+/// rule QEMU follows, so QEMU and virtkit exclude each other too).
+fn open_locked(path: &Path, options: DiskOptions) -> Result<File, BlockError> {
+    let open_err = |source| BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!options.read_only)
+        .open(path)
+        .map_err(open_err)?;
+    let exclusive = !options.read_only && !options.shareable;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on an fd we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            BlockError::Locked {
+                path: path.to_path_buf(),
+                held: if exclusive {
+                    "shared or exclusive"
+                } else {
+                    "exclusive"
+                },
+            }
+        } else {
+            open_err(e)
+        });
+    }
+    Ok(file)
+}
+
+/// Open a disk image as the backend its contents call for: a qcow2 image
+/// (by its magic) through [`Qcow2File`], anything else as [`RawFile`].
+pub fn open_disk(path: &Path, options: DiskOptions) -> Result<Box<dyn BlockBackend>, BlockError> {
+    #[cfg(feature = "qcow2")]
+    {
+        let mut magic = [0u8; 4];
+        let file = File::open(path).map_err(|source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+            && magic == *b"QFI\xfb";
+        if is_qcow2 {
+            return Ok(Box::new(Qcow2File::open(path, options)?));
+        }
+    }
+    Ok(Box::new(RawFile::open(path, options)?))
+}
+
+/// A request past the end of the disk.
+fn out_of_range(offset: u64, len: u64, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("range {offset}+{len} is past the end of the disk ({size})"),
+    )
+}
+
+/// A write to a read-only disk.
+fn read_only_error() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only")
+}
+
+/// A disk held in memory: for tests, fuzzing and scratch disks.
+#[derive(Debug, Default)]
+pub struct MemoryDisk {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    read_only: bool,
+}
+
+impl MemoryDisk {
+    /// A disk with `bytes` as its contents.
+    pub fn new(bytes: Vec<u8>, read_only: bool) -> Self {
+        MemoryDisk {
+            bytes: std::sync::Mutex::new(bytes),
+            read_only,
+        }
+    }
+
+    /// A copy of the contents.
+    pub fn contents(&self) -> Vec<u8> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn range(&self, offset: u64, len: u64, writing: bool) -> io::Result<std::ops::Range<usize>> {
+        if writing && self.read_only {
+            return Err(read_only_error());
+        }
+        let size = self.lock().len() as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(offset as usize..end as usize),
+            _ => Err(out_of_range(offset, len, size)),
+        }
+    }
+}
+
+impl BlockBackend for MemoryDisk {
+    fn size(&self) -> u64 {
+        self.lock().len() as u64
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let r = self.range(offset, buf.len() as u64, false)?;
+        buf.copy_from_slice(&self.lock()[r]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let r = self.range(offset, buf.len() as u64, true)?;
+        self.lock()[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.write_zeroes(offset, len, true)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
+        let r = self.range(offset, len, true)?;
+        self.lock()[r].fill(0);
+        Ok(())
+    }
+}
