@@ -17,10 +17,13 @@ use virtkit_core::runtime::{BusDevice, Vm, VmBuilder, VmConfig, VmExit};
 use virtkit_core::spec::vmi::WatchdogAction;
 use virtkit_devices::acpi::AcpiEvents;
 use virtkit_devices::block::{open_disk, BlockBackend, BlockError, DiskOptions, RawFile};
+use virtkit_devices::host::assigned::AssignedDevice;
 use virtkit_devices::pci::{PciBus, PciLayout, SlotState};
 use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
 use virtkit_devices::virtio::pci::VirtioPciDevice;
 use virtkit_devices::watchdog::{I6300esb, WatchdogSink};
+
+mod common;
 
 const SERIAL: u32 = 0x3f8;
 /// A test-only port through which the payload tells the host where it is.
@@ -452,6 +455,41 @@ fn assert_guest_wrote(file: &[u8]) {
     assert_eq!(&file[1024..1040], b"written-by-guest");
     assert!(file[1040..1536].iter().all(|b| *b == b'G'));
     assert_eq!(&file[1536..1548], b"sector-00003", "nothing past sector 2");
+}
+
+#[test]
+fn guest_drives_an_assigned_host_function() {
+    if !kvm_present() {
+        return;
+    }
+    let out = SerialCapture::default();
+    let vm = vm(&out);
+    let fake = Arc::new(common::FakeFunction::t4());
+    let dev = AssignedDevice::new(fake.clone(), Arc::new(vm.interrupts())).unwrap();
+    let bus = PciBus::new(PciLayout::for_memory(64 << 20));
+    bus.add_at(7, Arc::new(Mutex::new(dev))).unwrap();
+    let events = AcpiEvents::new();
+    events.attach(&vm).unwrap();
+    bus.attach(&vm, &events).unwrap();
+    // Find the T4, read its ID register, write it back plus one.
+    let mut a = CodeAssembler::new(64).unwrap();
+    find_function(&mut a, 0x1eb8_10de);
+    a.mov(eax, dword_ptr(rsi)).unwrap();
+    a.inc(eax).unwrap();
+    a.mov(dword_ptr(rsi + 0x10), eax).unwrap();
+    a.mov(al, b'!' as u32).unwrap();
+    out_al(&mut a, SERIAL);
+    power_off(&mut a);
+    long_mode(&mut a).load(&vm).unwrap();
+    vm.start().unwrap();
+    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    assert_eq!(out.text(), "!");
+    assert_eq!(fake.reg(0x10), common::ID_REGISTER + 1);
+    assert_eq!(
+        fake.recorded.lock().unwrap().commands.last(),
+        Some(&0x0406),
+        "memory decode and bus master forwarded, INTx disabled"
+    );
 }
 
 const FLAG: u64 = 0x3_0000;

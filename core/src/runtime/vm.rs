@@ -610,6 +610,18 @@ impl Vm {
         lock(&self.tids).clone()
     }
 
+    /// Create an in-kernel KVM device (`KVM_CREATE_DEVICE`), e.g. the
+    /// `KVM_DEV_TYPE_VFIO` pseudo-device that VFIO passthrough registers
+    /// its groups with.
+    pub fn create_kvm_device(
+        &self,
+        device: &mut kvm_bindings::kvm_create_device,
+    ) -> Result<kvm_ioctls::DeviceFd, RuntimeError> {
+        self.vm_fd
+            .create_device(device)
+            .map_err(kvm_err("KVM_CREATE_DEVICE"))
+    }
+
     /// A handle through which devices raise interrupts in this VM.
     pub fn interrupts(&self) -> Interrupts {
         Interrupts::new(self.vm_fd.clone())

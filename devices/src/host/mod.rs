@@ -3,5 +3,7 @@
 //! resources, IOMMU checks, binding to `vfio-pci`, allocation to VMs and
 //! attach through VFIO.
 
+pub mod assigned;
 pub mod passthrough;
 pub mod sysfs;
+pub mod vfio;
