@@ -14,8 +14,10 @@ pub struct ReadmeDoctests;
 
 pub mod acpi;
 pub mod block;
+pub mod disks;
 pub mod fuzzing;
 pub mod host;
 pub mod pci;
+pub mod scsi;
 pub mod virtio;
 pub mod watchdog;

@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod pci;
+pub mod scsi;
 
 use std::sync::Arc;
 
