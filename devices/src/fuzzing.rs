@@ -99,3 +99,34 @@ pub fn virtqueue(data: &[u8]) {
     dev.bar_read(0, 0x14, &mut status);
     std::hint::black_box(status);
 }
+
+/// Run arbitrary SCSI commands against a disk and a CD-ROM unit: records
+/// of `[unit, cdb × 16, data-out length]` followed by the data-out bytes.
+/// Must never panic; data-in never exceeds what was allowed.
+pub fn scsi_commands(data: &[u8]) {
+    use crate::scsi::{ScsiUnit, UnitKind};
+    let disk = ScsiUnit::new(
+        Arc::new(MemoryDisk::new(vec![0x11; 64 * 512], false)),
+        UnitKind::Disk,
+        "fuzz",
+    );
+    let cdrom = ScsiUnit::new(
+        Arc::new(MemoryDisk::new(vec![0x22; 8 * 2048], true)),
+        UnitKind::Cdrom { tray_open: false },
+        "fuzz-cd",
+    );
+    let mut rest = data;
+    for _ in 0..256 {
+        if rest.len() < 18 {
+            break;
+        }
+        let unit = if rest[0] & 1 == 0 { &disk } else { &cdrom };
+        let cdb = &rest[1..17];
+        let out_len = usize::from(rest[17]) * 16;
+        let (out, tail) = rest[18..].split_at(out_len.min(rest.len() - 18));
+        let allowed = usize::from(rest[0] >> 1) * 64;
+        let outcome = unit.execute(cdb, &mut &out[..], allowed);
+        assert!(outcome.data_in.len() <= allowed);
+        rest = tail;
+    }
+}

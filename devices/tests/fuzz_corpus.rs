@@ -20,3 +20,13 @@ fn virtqueue_corpus() {
         virtkit_devices::fuzzing::virtqueue,
     );
 }
+
+#[test]
+fn scsi_commands_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "scsi_commands",
+        10,
+        virtkit_devices::fuzzing::scsi_commands,
+    );
+}

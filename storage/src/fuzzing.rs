@@ -59,3 +59,50 @@ pub fn tar_paths(data: &[u8]) {
         }
     }
 }
+
+/// Open arbitrary bytes as a writable qcow2 image (in a memfd) and write,
+/// zero, discard and read through it: must never panic, and whatever a
+/// write accepted must read back.
+pub fn qcow2_write(data: &[u8]) {
+    use crate::qcow2::{Qcow2Image, Qcow2OpenMode};
+    use std::os::unix::fs::FileExt;
+    let Some(file) = memfd() else { return };
+    if file.write_all_at(data, 0).is_err() {
+        return;
+    }
+    let Ok(mut image) = Qcow2Image::open(file, Qcow2OpenMode::ReadWrite) else {
+        return;
+    };
+    let size = image.virtual_size();
+    let cs = image.header().cluster_size();
+    if size == 0 {
+        return;
+    }
+    for (k, at) in [0, cs.saturating_sub(3), size / 2, size - 1].into_iter().enumerate() {
+        let at = at.min(size - 1);
+        let len = (cs + 7).min(size - at).min(64 << 10) as usize;
+        let pattern: Vec<u8> = (0..len).map(|i| (i as u8) ^ (k as u8 + 1)).collect();
+        if image.write_at(&pattern, at).is_ok() {
+            let mut back = vec![0u8; len];
+            if image.read_at(&mut back, at).is_ok() {
+                assert_eq!(back, pattern, "a write that succeeded must read back");
+            }
+        }
+    }
+    let _ = image.write_zeroes(0, (2 * cs).min(size));
+    let _ = image.discard(0, (4 * cs).min(size));
+    let mut buf = vec![0u8; (size.min(64 << 10)) as usize];
+    let _ = image.read_at(&mut buf, 0);
+}
+
+/// An anonymous in-memory file.
+fn memfd() -> Option<std::fs::File> {
+    use std::os::unix::io::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; no memory is kept.
+    let fd = unsafe { libc::memfd_create(c"qcow2-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Some(unsafe { std::fs::File::from_raw_fd(fd) })
+}

@@ -30,3 +30,13 @@ fn tar_paths_corpus() {
         virtkit_storage::fuzzing::tar_paths,
     );
 }
+
+#[test]
+fn qcow2_write_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "qcow2_write",
+        10,
+        virtkit_storage::fuzzing::qcow2_write,
+    );
+}
