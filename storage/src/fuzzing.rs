@@ -78,7 +78,10 @@ pub fn qcow2_write(data: &[u8]) {
     if size == 0 {
         return;
     }
-    for (k, at) in [0, cs.saturating_sub(3), size / 2, size - 1].into_iter().enumerate() {
+    for (k, at) in [0, cs.saturating_sub(3), size / 2, size - 1]
+        .into_iter()
+        .enumerate()
+    {
         let at = at.min(size - 1);
         let len = (cs + 7).min(size - at).min(64 << 10) as usize;
         let pattern: Vec<u8> = (0..len).map(|i| (i as u8) ^ (k as u8 + 1)).collect();

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use virtkit_core::runtime::memory::GuestMem;
 
-use super::{ActivateError, Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_RING_EVENT_IDX};
+use super::{
+    read_config_bytes, serve_queue, ActivateError, Activation, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_RING_EVENT_IDX,
+};
 use crate::block::BlockBackend;
 
 /// Virtio device type of a block device.
@@ -128,23 +131,12 @@ impl VirtioBlock {
         let Some(queue) = active.queues.get_mut(usize::from(index)) else {
             return;
         };
-        if !queue.ready() {
-            return;
-        }
+        let serial = &self.config.serial;
+        let backend = &*self.backend;
         let memory = &active.memory;
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
-            let head = chain.head_index();
-            let written = serve(&*self.backend, &self.config.serial, memory, chain);
-            if let Err(e) = queue.add_used(memory, head, written) {
-                log::warn!("virtio-blk: could not return descriptor {head}: {e}");
-                break;
-            }
-            used_any = true;
-        }
-        if used_any && queue.needs_notification(memory).unwrap_or(true) {
-            active.interrupt.queue(index);
-        }
+        serve_queue(memory, queue, index, &*active.interrupt, "blk", |chain| {
+            serve(backend, serial, memory, chain)
+        });
     }
 }
 
@@ -338,10 +330,7 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = c.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

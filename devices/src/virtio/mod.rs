@@ -91,3 +91,41 @@ pub trait VirtioDevice: Send {
     /// Stop and forget the queues (driver reset or unplug).
     fn reset(&mut self);
 }
+
+/// Serve every available chain of `queue` (number `index`) with `serve`,
+/// which returns the bytes it wrote into the chain; return each to the
+/// driver and interrupt once if the driver asked to be told.
+pub(crate) fn serve_queue(
+    memory: &GuestMem,
+    queue: &mut Queue,
+    index: u16,
+    interrupt: &dyn VirtioInterrupt,
+    device: &str,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMem>) -> u32,
+) {
+    use virtio_queue::QueueT;
+    if !queue.ready() {
+        return;
+    }
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(memory) {
+        let head = chain.head_index();
+        let written = serve(chain);
+        if let Err(e) = queue.add_used(memory, head, written) {
+            log::warn!("virtio-{device}: could not return descriptor {head}: {e}");
+            break;
+        }
+        used_any = true;
+    }
+    if used_any && queue.needs_notification(memory).unwrap_or(true) {
+        interrupt.queue(index);
+    }
+}
+
+/// Copy device configuration bytes from `config` at `offset` into `data`
+/// (past its end reads as zeros).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = config.get(offset as usize + i).copied().unwrap_or(0);
+    }
+}

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use virtkit_core::runtime::memory::GuestMem;
 
-use super::{ActivateError, Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_RING_EVENT_IDX};
+use super::{
+    read_config_bytes, serve_queue, ActivateError, Activation, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_RING_EVENT_IDX,
+};
 use crate::scsi::{DataOut, ScsiUnit};
 
 /// Virtio device type of a SCSI host.
@@ -130,33 +133,19 @@ impl VirtioScsi {
         let Some(queue) = active.queues.get_mut(usize::from(index)) else {
             return;
         };
-        if !queue.ready() {
-            return;
-        }
         let memory = &active.memory;
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
-            let head = chain.head_index();
-            let written = if index == CONTROL_QUEUE {
+        let (targets, cdb, sense) = (
+            &self.targets,
+            self.cdb_size as usize,
+            self.sense_size as usize,
+        );
+        serve_queue(memory, queue, index, &*active.interrupt, "scsi", |chain| {
+            if index == CONTROL_QUEUE {
                 control(memory, chain)
             } else {
-                command(
-                    &self.targets,
-                    self.cdb_size as usize,
-                    self.sense_size as usize,
-                    memory,
-                    chain,
-                )
-            };
-            if let Err(e) = queue.add_used(memory, head, written) {
-                log::warn!("virtio-scsi: could not return descriptor {head}: {e}");
-                break;
+                command(targets, cdb, sense, memory, chain)
             }
-            used_any = true;
-        }
-        if used_any && queue.needs_notification(memory).unwrap_or(true) {
-            active.interrupt.queue(index);
-        }
+        });
     }
 }
 
@@ -284,10 +273,7 @@ impl VirtioDevice for VirtioScsi {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = c.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

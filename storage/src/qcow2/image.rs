@@ -18,8 +18,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::{
-    bad, be64, compressed_extent, decode_l2_entry, inflate_cluster, Cluster, Header, Qcow2, COPIED,
-    INCOMPAT_DIRTY, L2_COMPRESSED, OFFSET_MASK,
+    bad, be64, check_l2_table, compressed_extent, decode_l2_entry, inflate_cluster, l2_table_of,
+    Cluster, Header, Qcow2, COPIED, INCOMPAT_DIRTY, L2_COMPRESSED, OFFSET_MASK,
 };
 use crate::ImageError;
 
@@ -282,12 +282,7 @@ impl Qcow2Image {
     fn lookup(&mut self, index: u64) -> Result<(Cluster, Option<Slot>), ImageError> {
         let cs = self.header.cluster_size();
         let per_table = cs / 8;
-        let l1_index = (index / per_table) as usize;
-        let l1 = *self
-            .l1
-            .get(l1_index)
-            .ok_or_else(|| bad("cluster beyond the L1 table"))?;
-        let l2_offset = l1 & OFFSET_MASK;
+        let l2_offset = l2_table_of(&self.l1, index, cs)?;
         if l2_offset == 0 {
             return Ok((Cluster::Zero, None));
         }
@@ -308,11 +303,7 @@ impl Qcow2Image {
     fn l2_table(&mut self, l2_offset: u64) -> Result<&Vec<u64>, ImageError> {
         let cs = self.header.cluster_size();
         if !self.l2_cache.contains_key(&l2_offset) {
-            if l2_offset % cs != 0 || l2_offset.checked_add(cs).is_none_or(|e| e > self.end) {
-                return Err(bad(format!(
-                    "L2 table at {l2_offset:#x} lies outside the file"
-                )));
-            }
+            check_l2_table(l2_offset, cs, self.end)?;
             let mut raw = vec![0u8; cs as usize];
             self.read_host(&mut raw, l2_offset)?;
             if self.l2_cache.len() >= L2_CACHE_TABLES {
@@ -433,7 +424,15 @@ impl Qcow2Image {
     }
 
     fn refcount_add(&mut self, cluster: u64, delta: i32) -> Result<(), ImageError> {
-        let per_block = self.header.cluster_size() / 2;
+        let cs = self.header.cluster_size();
+        // A hostile entry (a v3 zero entry's unchecked offset) must not
+        // make the refcount table grow toward it.
+        if cluster > self.end / cs {
+            return Err(bad(format!(
+                "a reference to cluster {cluster}, past the end of the file"
+            )));
+        }
+        let per_block = cs / 2;
         let block = self.refcount_block(cluster / per_block)?;
         let at = block + (cluster % per_block) * 2;
         let mut raw = [0u8; 2];

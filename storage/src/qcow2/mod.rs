@@ -250,21 +250,12 @@ impl<'a, R: ReadAt + ?Sized> Qcow2<'a, R> {
     ) -> Result<Cluster, ImageError> {
         let cs = self.header.cluster_size();
         let l2_entries = cs / 8;
-        let l1_index = (index / l2_entries) as usize;
-        let l1 = *self
-            .l1
-            .get(l1_index)
-            .ok_or_else(|| bad("cluster beyond the L1 table"))?;
-        let l2_offset = l1 & OFFSET_MASK;
+        let l2_offset = l2_table_of(&self.l1, index, cs)?;
         if l2_offset == 0 {
             return Ok(Cluster::Zero);
         }
         if l2_cache.0 != l2_offset {
-            if l2_offset % cs != 0 || l2_offset.checked_add(cs).is_none_or(|e| e > self.file_len) {
-                return Err(bad(format!(
-                    "L2 table at {l2_offset:#x} lies outside the file"
-                )));
-            }
+            check_l2_table(l2_offset, cs, self.file_len)?;
             let mut raw = vec![0u8; cs as usize];
             self.src
                 .fill_at(&mut raw, l2_offset)
@@ -311,6 +302,32 @@ impl<'a, R: ReadAt + ?Sized> Qcow2<'a, R> {
             }
         }
     }
+}
+
+/// The L2 table offset for guest cluster `index` (0: none), from `l1`.
+pub(crate) fn l2_table_of(l1: &[u64], index: u64, cluster_size: u64) -> Result<u64, ImageError> {
+    let entry = l1
+        .get((index / (cluster_size / 8)) as usize)
+        .ok_or_else(|| bad("cluster beyond the L1 table"))?;
+    Ok(entry & OFFSET_MASK)
+}
+
+/// An L2 table must be cluster-aligned and inside the file.
+pub(crate) fn check_l2_table(
+    l2_offset: u64,
+    cluster_size: u64,
+    file_len: u64,
+) -> Result<(), ImageError> {
+    if l2_offset % cluster_size != 0
+        || l2_offset
+            .checked_add(cluster_size)
+            .is_none_or(|e| e > file_len)
+    {
+        return Err(bad(format!(
+            "L2 table at {l2_offset:#x} lies outside the file"
+        )));
+    }
+    Ok(())
 }
 
 /// Where an L2 entry points: the cluster's state, with every offset checked
