@@ -61,8 +61,11 @@ pub fn tar_paths(data: &[u8]) {
 }
 
 /// Open arbitrary bytes as a writable qcow2 image (in a memfd) and write,
-/// zero, discard and read through it: must never panic, and whatever a
-/// write accepted must read back.
+/// zero, discard and read through it: must never panic, loop or allocate
+/// without bound. (Read-back equality is not a property of hostile
+/// images: metadata may alias one host cluster from two L2 entries, or a
+/// data cluster with an L2 table, which only a full `qemu-img check`-style
+/// scan would find; valid images are held to it by `tests/qcow2_image.rs`.)
 pub fn qcow2_write(data: &[u8]) {
     use crate::qcow2::{Qcow2Image, Qcow2OpenMode};
     use std::os::unix::fs::FileExt;
@@ -87,9 +90,7 @@ pub fn qcow2_write(data: &[u8]) {
         let pattern: Vec<u8> = (0..len).map(|i| (i as u8) ^ (k as u8 + 1)).collect();
         if image.write_at(&pattern, at).is_ok() {
             let mut back = vec![0u8; len];
-            if image.read_at(&mut back, at).is_ok() {
-                assert_eq!(back, pattern, "a write that succeeded must read back");
-            }
+            let _ = image.read_at(&mut back, at);
         }
     }
     let _ = image.write_zeroes(0, (2 * cs).min(size));
