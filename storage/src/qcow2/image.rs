@@ -138,22 +138,18 @@ impl Qcow2Image {
     pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         self.check_range(offset, buf.len() as u64)?;
         let cs = self.header.cluster_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let within = pos % cs;
-            let n = ((cs - within) as usize).min(buf.len() - done);
-            let part = &mut buf[done..done + n];
-            match self.lookup(pos / cs)?.0 {
+        for piece in pieces(offset, buf.len() as u64, cs) {
+            let part = &mut buf[piece.done..piece.done + piece.len];
+            match self.lookup(piece.index)?.0 {
                 Cluster::Zero => part.fill(0),
-                Cluster::Data(host) => self.read_host(part, host + within)?,
+                Cluster::Data(host) => self.read_host(part, host + piece.within)?,
                 Cluster::Compressed(off, len) => {
                     let mut cluster = vec![0u8; cs as usize];
-                    self.inflate(pos / cs, off, len, &mut cluster)?;
-                    part.copy_from_slice(&cluster[within as usize..within as usize + n]);
+                    self.inflate(piece.index, off, len, &mut cluster)?;
+                    let within = piece.within as usize;
+                    part.copy_from_slice(&cluster[within..within + piece.len]);
                 }
             }
-            done += n;
         }
         Ok(())
     }
@@ -162,14 +158,9 @@ impl Qcow2Image {
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
         self.check_writable()?;
         self.check_range(offset, buf.len() as u64)?;
-        let cs = self.header.cluster_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let within = pos % cs;
-            let n = ((cs - within) as usize).min(buf.len() - done);
-            self.write_in_cluster(pos / cs, within, &buf[done..done + n])?;
-            done += n;
+        for piece in pieces(offset, buf.len() as u64, self.header.cluster_size()) {
+            let data = &buf[piece.done..piece.done + piece.len];
+            self.write_in_cluster(piece.index, piece.within, data)?;
         }
         Ok(())
     }
@@ -180,17 +171,13 @@ impl Qcow2Image {
         self.check_writable()?;
         self.check_range(offset, len)?;
         let cs = self.header.cluster_size();
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let n = (cs - pos % cs).min(end - pos);
-            if n == cs {
-                self.unmap(pos / cs)?;
+        for piece in pieces(offset, len, cs) {
+            if piece.len as u64 == cs {
+                self.unmap(piece.index)?;
             } else {
-                let zeros = vec![0u8; n as usize];
-                self.write_in_cluster(pos / cs, pos % cs, &zeros)?;
+                let zeros = vec![0u8; piece.len];
+                self.write_in_cluster(piece.index, piece.within, &zeros)?;
             }
-            pos += n;
         }
         Ok(())
     }
@@ -505,6 +492,40 @@ impl Qcow2Image {
         }
         Ok(())
     }
+}
+
+/// The part of a byte range that falls in one cluster.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    /// Guest cluster index.
+    index: u64,
+    /// Offset inside the cluster.
+    within: u64,
+    /// Bytes of the range before this piece.
+    done: usize,
+    /// Bytes in this piece.
+    len: usize,
+}
+
+/// Split `len` bytes from `offset` at cluster boundaries.
+fn pieces(offset: u64, len: u64, cluster_size: u64) -> impl Iterator<Item = Piece> {
+    let mut done = 0u64;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let pos = offset + done;
+        let within = pos % cluster_size;
+        let n = (cluster_size - within).min(len - done);
+        let piece = Piece {
+            index: pos / cluster_size,
+            within,
+            done: done as usize,
+            len: n as usize,
+        };
+        done += n;
+        Some(piece)
+    })
 }
 
 /// Why an image cannot be written, if it cannot.
