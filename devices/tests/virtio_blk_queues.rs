@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtkit_core::runtime::memory::{self, GuestMem};
 use virtkit_devices::block::{DiskOptions, RawFile};
@@ -21,8 +20,9 @@ use virtkit_devices::virtio::{
 };
 use vm_memory::{Bytes, GuestAddress};
 
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
+mod common;
+use common::DESC_WRITE as WRITE;
+
 // Large enough that no test wraps the ring (the mock does not wrap it).
 const QUEUE_SIZE: u16 = 64;
 const DATA: u64 = 0x10_0000;
@@ -125,22 +125,7 @@ impl<'a> Driver<'a> {
             .write_obj(0xffu8, GuestAddress(status_addr))
             .unwrap();
         descs.push((status_addr, 1, WRITE));
-        let n = descs.len() as u16;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let i = i as u16;
-                let (flags, next) = if i + 1 < n {
-                    (flags | NEXT, (first + i + 1) % QUEUE_SIZE)
-                } else {
-                    (flags, 0)
-                };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        self.queue.add_desc_chains(&raw, first).unwrap();
-        self.next_desc = (first + n) % QUEUE_SIZE;
+        self.next_desc = common::add_chain(&self.queue, first, QUEUE_SIZE, &descs);
         self.requests += 1;
         self.w(NOTIFY_OFFSET, &0u16.to_le_bytes());
         let used = self.queue.used_addr().0;

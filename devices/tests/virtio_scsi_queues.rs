@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use virtkit_core::runtime::memory::{self, GuestMem};
@@ -20,8 +19,9 @@ use virtkit_devices::disks::{build_disks, plan_disk};
 use virtkit_devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
 use vm_memory::{Bytes, GuestAddress};
 
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
+mod common;
+use common::DESC_WRITE as WRITE;
+
 const QUEUE_SIZE: u16 = 64;
 const CDB_SIZE: usize = 32;
 const SENSE_SIZE: usize = 96;
@@ -64,22 +64,7 @@ impl<'a> Driver<'a> {
             &self.requests
         };
         let first = self.next[queue];
-        let n = descs.len() as u16;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let i = i as u16;
-                let (flags, next) = if i + 1 < n {
-                    (flags | NEXT, (first + i + 1) % QUEUE_SIZE)
-                } else {
-                    (flags, 0)
-                };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        q.add_desc_chains(&raw, first).unwrap();
-        self.next[queue] = (first + n) % QUEUE_SIZE;
+        self.next[queue] = common::add_chain(q, first, QUEUE_SIZE, descs);
         self.used[queue] += 1;
         first.into()
     }

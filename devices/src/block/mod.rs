@@ -121,20 +121,18 @@ fn open_locked(path: &Path, options: DiskOptions) -> Result<File, BlockError> {
 /// Open a disk image as the backend its contents call for: a qcow2 image
 /// (by its magic) through [`Qcow2File`], anything else as [`RawFile`].
 pub fn open_disk(path: &Path, options: DiskOptions) -> Result<Box<dyn BlockBackend>, BlockError> {
+    // One open, one lock: the format is read from the locked file.
+    let file = open_locked(path, options)?;
     #[cfg(feature = "qcow2")]
     {
         let mut magic = [0u8; 4];
-        let file = File::open(path).map_err(|source| BlockError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
             && magic == *b"QFI\xfb";
         if is_qcow2 {
-            return Ok(Box::new(Qcow2File::open(path, options)?));
+            return Ok(Box::new(Qcow2File::from_locked(file, path, options)?));
         }
     }
-    Ok(Box::new(RawFile::open(path, options)?))
+    Ok(Box::new(RawFile::from_locked(file, path, options)?))
 }
 
 /// A request past the end of the disk.

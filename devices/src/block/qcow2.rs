@@ -24,7 +24,15 @@ impl Qcow2File {
     /// virtkit cannot write safely (internal snapshots, refcounts other
     /// than 16 bits, a set dirty bit) with [`BlockError::Image`].
     pub fn open(path: &Path, options: DiskOptions) -> Result<Self, BlockError> {
-        let file = open_locked(path, options)?;
+        Self::from_locked(open_locked(path, options)?, path, options)
+    }
+
+    /// Wrap `file`, opened and locked for `options` by `open_locked`.
+    pub(super) fn from_locked(
+        file: std::fs::File,
+        path: &Path,
+        options: DiskOptions,
+    ) -> Result<Self, BlockError> {
         let mode = if options.read_only {
             Qcow2OpenMode::ReadOnly
         } else {

@@ -20,7 +20,15 @@ pub struct RawFile {
 impl RawFile {
     /// Open `path` as a raw disk.
     pub fn open(path: &Path, options: DiskOptions) -> Result<Self, BlockError> {
-        let file = open_locked(path, options)?;
+        Self::from_locked(open_locked(path, options)?, path, options)
+    }
+
+    /// Wrap `file`, opened and locked for `options` by `open_locked`.
+    pub(super) fn from_locked(
+        file: File,
+        path: &Path,
+        options: DiskOptions,
+    ) -> Result<Self, BlockError> {
         let size = device_size(&file).map_err(|source| BlockError::Open {
             path: path.to_path_buf(),
             source,

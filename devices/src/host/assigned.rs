@@ -57,8 +57,10 @@ pub enum AssignError {
 struct Msix {
     table: Arc<Mutex<MsixTable>>,
     bar: usize,
-    table_offset: u64,
-    pba_offset: u64,
+    /// Table and PBA as byte ranges inside the BAR (fixed at creation,
+    /// so a BAR access finds them without locking the table).
+    table_range: std::ops::Range<u64>,
+    pba_range: std::ops::Range<u64>,
     vectors: u16,
     forwarder: Option<Forwarder>,
 }
@@ -180,8 +182,8 @@ impl AssignedDevice {
         Ok(Msix {
             table: Arc::new(Mutex::new(table)),
             bar,
-            table_offset,
-            pba_offset,
+            table_range: table_offset..table_end,
+            pba_range: pba_offset..pba_end,
             vectors,
             forwarder: None,
         })
@@ -228,14 +230,13 @@ impl AssignedDevice {
         if msix.bar != bar {
             return None;
         }
-        let (table_len, pba_len) = {
-            let t = lock(&msix.table);
-            (t.table_len(), t.pba_len())
-        };
-        if (msix.table_offset..msix.table_offset + table_len).contains(&offset) {
-            Some((&msix.table, MsixRegion::Table(offset - msix.table_offset)))
-        } else if (msix.pba_offset..msix.pba_offset + pba_len).contains(&offset) {
-            Some((&msix.table, MsixRegion::Pba(offset - msix.pba_offset)))
+        if msix.table_range.contains(&offset) {
+            Some((
+                &msix.table,
+                MsixRegion::Table(offset - msix.table_range.start),
+            ))
+        } else if msix.pba_range.contains(&offset) {
+            Some((&msix.table, MsixRegion::Pba(offset - msix.pba_range.start)))
         } else {
             None
         }

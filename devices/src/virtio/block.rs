@@ -7,11 +7,11 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::DescriptorChain;
 use virtkit_core::runtime::memory::GuestMem;
 
 use super::{
-    read_config_bytes, serve_queue, ActivateError, Activation, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, ActiveQueues, VirtioDevice,
     VIRTIO_F_RING_EVENT_IDX,
 };
 use crate::block::BlockBackend;
@@ -66,17 +66,11 @@ impl Default for BlockConfig {
     }
 }
 
-struct Active {
-    memory: GuestMem,
-    queues: Vec<Queue>,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 /// A virtio block device.
 pub struct VirtioBlock {
     backend: Arc<dyn BlockBackend>,
     config: BlockConfig,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
 }
 
 impl std::fmt::Debug for VirtioBlock {
@@ -128,13 +122,8 @@ impl VirtioBlock {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let Some(queue) = active.queues.get_mut(usize::from(index)) else {
-            return;
-        };
-        let serial = &self.config.serial;
-        let backend = &*self.backend;
-        let memory = &active.memory;
-        serve_queue(memory, queue, index, &*active.interrupt, "blk", |chain| {
+        let (backend, serial) = (&*self.backend, &self.config.serial);
+        active.serve(index, "blk", |memory, chain| {
             serve(backend, serial, memory, chain)
         });
     }
@@ -334,17 +323,7 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        if !activation.queues.first().is_some_and(|q| q.ready()) {
-            return Err(ActivateError::BadQueue {
-                index: 0,
-                why: "the request queue is not enabled".into(),
-            });
-        }
-        self.active = Some(Active {
-            memory: activation.memory,
-            queues: activation.queues,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(ActiveQueues::new(activation, 0, "request queue")?);
         Ok(())
     }
 

@@ -92,33 +92,65 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
-/// Serve every available chain of `queue` (number `index`) with `serve`,
-/// which returns the bytes it wrote into the chain; return each to the
-/// driver and interrupt once if the driver asked to be told.
-pub(crate) fn serve_queue(
-    memory: &GuestMem,
-    queue: &mut Queue,
-    index: u16,
-    interrupt: &dyn VirtioInterrupt,
-    device: &str,
-    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMem>) -> u32,
-) {
-    use virtio_queue::QueueT;
-    if !queue.ready() {
-        return;
-    }
-    let mut used_any = false;
-    while let Some(chain) = queue.pop_descriptor_chain(memory) {
-        let head = chain.head_index();
-        let written = serve(chain);
-        if let Err(e) = queue.add_used(memory, head, written) {
-            log::warn!("virtio-{device}: could not return descriptor {head}: {e}");
-            break;
+/// A device's queues once the driver has set them up (DRIVER_OK).
+pub(crate) struct ActiveQueues {
+    memory: GuestMem,
+    queues: Vec<Queue>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl ActiveQueues {
+    /// Take `activation`'s queues; queue `required` must be enabled
+    /// (`what` names it in the error).
+    pub(crate) fn new(
+        activation: Activation,
+        required: usize,
+        what: &str,
+    ) -> Result<Self, ActivateError> {
+        use virtio_queue::QueueT;
+        if !activation.queues.get(required).is_some_and(|q| q.ready()) {
+            return Err(ActivateError::BadQueue {
+                index: required,
+                why: format!("the {what} is not enabled"),
+            });
         }
-        used_any = true;
+        Ok(ActiveQueues {
+            memory: activation.memory,
+            queues: activation.queues,
+            interrupt: activation.interrupt,
+        })
     }
-    if used_any && queue.needs_notification(memory).unwrap_or(true) {
-        interrupt.queue(index);
+
+    /// Serve every available chain of queue `index` with `serve`, which
+    /// returns the bytes it wrote into the chain; return each to the
+    /// driver and interrupt once if the driver asked to be told.
+    pub(crate) fn serve(
+        &mut self,
+        index: u16,
+        device: &str,
+        mut serve: impl FnMut(&GuestMem, virtio_queue::DescriptorChain<&GuestMem>) -> u32,
+    ) {
+        use virtio_queue::QueueT;
+        let memory = &self.memory;
+        let Some(queue) = self.queues.get_mut(usize::from(index)) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        let mut used_any = false;
+        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            let head = chain.head_index();
+            let written = serve(memory, chain);
+            if let Err(e) = queue.add_used(memory, head, written) {
+                log::warn!("virtio-{device}: could not return descriptor {head}: {e}");
+                break;
+            }
+            used_any = true;
+        }
+        if used_any && queue.needs_notification(memory).unwrap_or(true) {
+            self.interrupt.queue(index);
+        }
     }
 }
 

@@ -10,13 +10,12 @@
 //! commands.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::DescriptorChain;
 use virtkit_core::runtime::memory::GuestMem;
 
 use super::{
-    read_config_bytes, serve_queue, ActivateError, Activation, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, ActiveQueues, VirtioDevice,
     VIRTIO_F_RING_EVENT_IDX,
 };
 use crate::scsi::{DataOut, ScsiUnit};
@@ -58,19 +57,13 @@ impl Default for ScsiConfig {
     }
 }
 
-struct Active {
-    memory: GuestMem,
-    queues: Vec<Queue>,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 /// A virtio-scsi controller.
 pub struct VirtioScsi {
     targets: Vec<ScsiUnit>,
     config: ScsiConfig,
     cdb_size: u32,
     sense_size: u32,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
 }
 
 impl std::fmt::Debug for VirtioScsi {
@@ -130,16 +123,12 @@ impl VirtioScsi {
             // Event buffers wait for events; none are produced.
             return;
         }
-        let Some(queue) = active.queues.get_mut(usize::from(index)) else {
-            return;
-        };
-        let memory = &active.memory;
         let (targets, cdb, sense) = (
             &self.targets,
             self.cdb_size as usize,
             self.sense_size as usize,
         );
-        serve_queue(memory, queue, index, &*active.interrupt, "scsi", |chain| {
+        active.serve(index, "scsi", |memory, chain| {
             if index == CONTROL_QUEUE {
                 control(memory, chain)
             } else {
@@ -290,18 +279,11 @@ impl VirtioDevice for VirtioScsi {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let first = usize::from(FIRST_REQUEST_QUEUE);
-        if !activation.queues.get(first).is_some_and(|q| q.ready()) {
-            return Err(ActivateError::BadQueue {
-                index: first,
-                why: "the first request queue is not enabled".into(),
-            });
-        }
-        self.active = Some(Active {
-            memory: activation.memory,
-            queues: activation.queues,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(ActiveQueues::new(
+            activation,
+            usize::from(FIRST_REQUEST_QUEUE),
+            "first request queue",
+        )?);
         Ok(())
     }
 

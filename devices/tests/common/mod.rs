@@ -2,8 +2,13 @@
 //! IDs) with a 32-bit register BAR holding its MSI-X table, an I/O BAR
 //! (which must not be exposed) and a 64-bit prefetchable BAR. It records
 //! what the guest side does to it and lets a test fire its interrupts.
+//! Also: descriptor chains for virtio-queue's mock queues.
 
 #![allow(dead_code, clippy::unwrap_used)]
+
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtkit_core::runtime::memory::GuestMem;
 
 use std::sync::Mutex;
 
@@ -140,4 +145,36 @@ impl HostFunction for FakeFunction {
     fn reset(&self) {
         self.recorded.lock().unwrap().resets += 1;
     }
+}
+
+/// Descriptor flag: another descriptor follows.
+pub const DESC_NEXT: u16 = 1;
+/// Descriptor flag: the device writes this buffer.
+pub const DESC_WRITE: u16 = 2;
+
+/// Put the chain `descs` (address, length, flags; linked with
+/// `DESC_NEXT`) at descriptor `first` of the mock `queue` of `size`
+/// entries and make it available; returns the next free descriptor.
+pub fn add_chain(
+    queue: &MockSplitQueue<'_, GuestMem>,
+    first: u16,
+    size: u16,
+    descs: &[(u64, u32, u16)],
+) -> u16 {
+    let n = descs.len() as u16;
+    let raw: Vec<RawDescriptor> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, flags))| {
+            let i = i as u16;
+            let (flags, next) = if i + 1 < n {
+                (flags | DESC_NEXT, (first + i + 1) % size)
+            } else {
+                (flags, 0)
+            };
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        })
+        .collect();
+    queue.add_desc_chains(&raw, first).unwrap();
+    (first + n) % size
 }
