@@ -2,15 +2,16 @@
 //! virtio-blk device; `disk` on bus `scsi`, every `cdrom` on bus `scsi`
 //! and every `lun` become units of one virtio-scsi controller (a CD-ROM is
 //! read-only with 2048-byte blocks and honours `tray: open`; a `lun` must
-//! be a block device, as the spec requires). Bus `sata` needs an AHCI
-//! controller, which virtkit does not have yet: such disks are refused
-//! with their field path rather than silently moved to another bus.
+//! be a block device, as the spec requires). `disk` and `cdrom` on bus
+//! `sata` (the default for `cdrom`) become ATA and ATAPI drives on the
+//! ports of one AHCI controller, in `disks[]` order, at most six.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtkit_core::spec::vmi::{Disk, DiskBus};
 
+use crate::ahci::{SataDrive, MAX_PORTS};
 use crate::block::{open_disk, BlockBackend, BlockError, DiskOptions};
 use crate::scsi::{ScsiUnit, UnitKind};
 use crate::virtio::block::{BlockConfig, VirtioBlock};
@@ -23,6 +24,9 @@ pub enum DiskModel {
     VirtioBlk,
     /// A unit on the virtio-scsi controller.
     Scsi(UnitKind),
+    /// A drive on a port of the AHCI controller: an ATA disk
+    /// ([`UnitKind::Disk`]) or an ATAPI CD-ROM.
+    Sata(UnitKind),
 }
 
 /// A disk and the image behind it, planned.
@@ -52,6 +56,12 @@ pub enum DiskPlanError {
         bus: String,
         /// Why, and what to use instead.
         why: &'static str,
+    },
+    /// More `sata` disks than the AHCI controller has ports.
+    #[error("{path}: no free SATA port; the AHCI controller has {MAX_PORTS}")]
+    NoSataPort {
+        /// Field path of the first disk that does not fit.
+        path: String,
     },
     /// A `lun` whose volume is not a block device.
     #[error("{path}: a lun disk needs a block device, but {image} is not one")]
@@ -87,31 +97,29 @@ fn is_block_device(p: &Path) -> bool {
 pub fn plan_disk(index: usize, disk: &Disk, image: &Path) -> Result<DiskPlan, DiskPlanError> {
     let path = format!("domain.devices.disks[{index}]");
     let shareable = disk.shareable.unwrap_or(false);
-    let unavailable = |target: &str, bus: &DiskBus| {
-        DiskPlanError::BusUnavailable {
+    let unavailable = |target: &str, bus: &DiskBus| DiskPlanError::BusUnavailable {
         path: format!("{path}.{target}.bus"),
         bus: bus.to_string(),
-        why: match bus {
-            DiskBus::Sata => "needs an AHCI (SATA) controller, which virtkit-devices does not provide yet; use bus scsi (or virtio for a disk)",
-            _ => "is not one virtkit-devices knows (virtio, scsi)",
-        },
-    }
+        why: "is not one virtkit-devices knows (virtio, sata, scsi)",
     };
     let (model, read_only) = if let Some(t) = &disk.disk {
         let model = match t.bus.clone().unwrap_or(DiskBus::Virtio) {
             DiskBus::Virtio => DiskModel::VirtioBlk,
             DiskBus::Scsi => DiskModel::Scsi(UnitKind::Disk),
+            DiskBus::Sata => DiskModel::Sata(UnitKind::Disk),
             other => return Err(unavailable("disk", &other)),
         };
         (model, t.readonly.unwrap_or(false))
     } else if let Some(t) = &disk.cdrom {
-        let bus = t.bus.clone().unwrap_or(DiskBus::Sata);
-        if bus != DiskBus::Scsi {
-            return Err(unavailable("cdrom", &bus));
-        }
         let tray_open = t.tray.as_deref() == Some("open");
+        let unit = UnitKind::Cdrom { tray_open };
+        let model = match t.bus.clone().unwrap_or(DiskBus::Sata) {
+            DiskBus::Sata => DiskModel::Sata(unit),
+            DiskBus::Scsi => DiskModel::Scsi(unit),
+            other => return Err(unavailable("cdrom", &other)),
+        };
         // CD-ROMs are read-only whatever `readonly` says.
-        (DiskModel::Scsi(UnitKind::Cdrom { tray_open }), true)
+        (model, true)
     } else if let Some(t) = &disk.lun {
         if !is_block_device(image) {
             return Err(DiskPlanError::LunNeedsBlockDevice {
@@ -145,6 +153,11 @@ pub struct DiskDevices {
     pub scsi: Option<VirtioScsi>,
     /// Names of the disks on the SCSI controller, by target.
     pub scsi_targets: Vec<String>,
+    /// Drives for the AHCI controller, port `i` being `sata[i]`; build
+    /// it with [`crate::ahci::AhciController::new`] when not empty.
+    pub sata: Vec<SataDrive>,
+    /// Names of the disks on the AHCI controller, by port.
+    pub sata_ports: Vec<String>,
 }
 
 /// Open every planned disk and build its device. Nothing is kept open
@@ -152,6 +165,15 @@ pub struct DiskDevices {
 pub fn build_disks(plans: &[DiskPlan]) -> Result<DiskDevices, DiskPlanError> {
     let mut out = DiskDevices::default();
     let mut units = Vec::new();
+    let sata = plans
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p.model, DiskModel::Sata(_)));
+    if let Some((index, _)) = sata.clone().nth(MAX_PORTS) {
+        return Err(DiskPlanError::NoSataPort {
+            path: format!("domain.devices.disks[{index}]"),
+        });
+    }
     for (index, plan) in plans.iter().enumerate() {
         let backend: Arc<dyn BlockBackend> = open_disk(&plan.image, plan.options)
             .map_err(|source| DiskPlanError::Open {
@@ -173,6 +195,15 @@ pub fn build_disks(plans: &[DiskPlan]) -> Result<DiskDevices, DiskPlanError> {
             DiskModel::Scsi(kind) => {
                 units.push(ScsiUnit::new(backend, kind, &plan.serial));
                 out.scsi_targets.push(plan.name.clone());
+            }
+            DiskModel::Sata(UnitKind::Disk) => {
+                out.sata.push(SataDrive::disk(backend, &plan.serial));
+                out.sata_ports.push(plan.name.clone());
+            }
+            DiskModel::Sata(UnitKind::Cdrom { tray_open }) => {
+                out.sata
+                    .push(SataDrive::cdrom(backend, &plan.serial, tray_open));
+                out.sata_ports.push(plan.name.clone());
             }
         }
     }
@@ -228,18 +259,17 @@ mod tests {
         );
         assert!(p.options.read_only, "a CD-ROM is read-only regardless");
 
-        cd.cdrom.as_mut().unwrap().bus = Some(DiskBus::Sata);
-        let e = plan_disk(1, &cd, &img).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("domain.devices.disks[1].cdrom.bus: bus sata"),
-            "{e}"
-        );
         cd.cdrom.as_mut().unwrap().bus = None;
-        assert!(matches!(
-            plan_disk(1, &cd, &img),
-            Err(DiskPlanError::BusUnavailable { .. })
-        ));
+        assert_eq!(
+            plan_disk(1, &cd, &img).unwrap().model,
+            DiskModel::Sata(UnitKind::Cdrom { tray_open: true }),
+            "a cdrom sits on sata unless told otherwise"
+        );
+        d.disk.as_mut().unwrap().bus = Some(DiskBus::Sata);
+        assert_eq!(
+            plan_disk(0, &d, &img).unwrap().model,
+            DiskModel::Sata(UnitKind::Disk)
+        );
 
         let mut lun = disk("lun");
         lun.lun = Some(DiskTarget::default());

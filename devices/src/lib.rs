@@ -1,7 +1,8 @@
 //! virtkit-devices — the device model: a PCI root bus with 32 slots and
 //! ACPI hotplug, MSI-X, the virtio-pci (modern) transport, virtio-blk
-//! over a [`block::BlockBackend`], the i6300esb watchdog and the ACPI
-//! event registers.
+//! and virtio-scsi over a [`block::BlockBackend`], an AHCI SATA controller
+//! with ATA disks and ATAPI CD-ROMs, VFIO device assignment, the i6300esb
+//! watchdog and the ACPI tables and event registers.
 //!
 //! Devices attach to a [`virtkit_core::runtime::Vm`] after it is built and
 //! before it starts; see `README.md` for an example and `DESIGN.md` for
@@ -13,6 +14,7 @@
 pub struct ReadmeDoctests;
 
 pub mod acpi;
+pub mod ahci;
 pub mod block;
 pub mod disks;
 pub mod fuzzing;

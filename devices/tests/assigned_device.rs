@@ -16,43 +16,13 @@ use std::time::Duration;
 use virtkit_core::runtime::{VmBuilder, VmConfig};
 use virtkit_devices::host::assigned::AssignedDevice;
 use virtkit_devices::host::vfio::{VfioError, VfioFunction};
-use virtkit_devices::pci::msix::MsiSink;
-use virtkit_devices::pci::{PciAddress, PciBus, PciLayout};
+use virtkit_devices::pci::{PciBus, PciLayout};
 
 mod common;
-use common::{FakeFunction, APERTURE_SIZE, ID_REGISTER, PBA_OFFSET, REGS_SIZE, TABLE_OFFSET};
-
-struct Recorder(Mutex<mpsc::Sender<(u64, u32)>>);
-impl MsiSink for Recorder {
-    fn send(&self, address: u64, data: u32) {
-        let _ = self.0.lock().unwrap().send((address, data));
-    }
-}
-
-fn cfg32(bus: &PciBus, addr: PciAddress, off: usize) -> u32 {
-    let mut b = [0u8; 4];
-    bus.config_read(addr, off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn mmio32(bus: &PciBus, at: u64) -> u32 {
-    let mut b = [0u8; 4];
-    assert!(bus.mmio_read(at, &mut b), "nothing decodes {at:#x}");
-    u32::from_le_bytes(b)
-}
-
-/// Offset of capability `id` as the guest walks the list.
-fn find_cap(bus: &PciBus, addr: PciAddress, id: u8) -> Option<usize> {
-    let mut at = (cfg32(bus, addr, 0x34) & 0xfc) as usize;
-    while at != 0 {
-        let head = cfg32(bus, addr, at);
-        if head as u8 == id {
-            return Some(at);
-        }
-        at = ((head >> 8) & 0xfc) as usize;
-    }
-    None
-}
+use common::{
+    cfg32, find_cap, mmio32, FakeFunction, Recorder, APERTURE_SIZE, ID_REGISTER, PBA_OFFSET,
+    REGS_SIZE, TABLE_OFFSET,
+};
 
 #[test]
 fn a_host_function_on_the_bus_behaves_as_the_guest_expects() {

@@ -2,7 +2,8 @@
 //! IDs) with a 32-bit register BAR holding its MSI-X table, an I/O BAR
 //! (which must not be exposed) and a 64-bit prefetchable BAR. It records
 //! what the guest side does to it and lets a test fire its interrupts.
-//! Also: descriptor chains for virtio-queue's mock queues.
+//! Also: descriptor chains for virtio-queue's mock queues, and the
+//! configuration and MMIO accessors a test uses as a guest driver would.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -13,6 +14,7 @@ use virtkit_core::runtime::memory::GuestMem;
 use std::sync::Mutex;
 
 use virtkit_devices::host::vfio::{HostFunction, RegionInfo, VfioError, CONFIG_REGION};
+use virtkit_devices::pci::{PciAddress, PciBus};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Size of BAR 0, the register file.
@@ -177,4 +179,40 @@ pub fn add_chain(
         .collect();
     queue.add_desc_chains(&raw, first).unwrap();
     (first + n) % size
+}
+
+/// An MSI sink that hands each message to the test.
+pub struct Recorder(pub Mutex<std::sync::mpsc::Sender<(u64, u32)>>);
+
+impl virtkit_devices::pci::MsiSink for Recorder {
+    fn send(&self, address: u64, data: u32) {
+        let _ = self.0.lock().unwrap().send((address, data));
+    }
+}
+
+/// Configuration dword at `off` of `addr`.
+pub fn cfg32(bus: &PciBus, addr: PciAddress, off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    bus.config_read(addr, off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// MMIO dword at `at` (something must decode it).
+pub fn mmio32(bus: &PciBus, at: u64) -> u32 {
+    let mut b = [0u8; 4];
+    assert!(bus.mmio_read(at, &mut b), "nothing decodes {at:#x}");
+    u32::from_le_bytes(b)
+}
+
+/// Offset of capability `id` as the guest walks the list.
+pub fn find_cap(bus: &PciBus, addr: PciAddress, id: u8) -> Option<usize> {
+    let mut at = (cfg32(bus, addr, 0x34) & 0xfc) as usize;
+    while at != 0 {
+        let head = cfg32(bus, addr, at);
+        if head as u8 == id {
+            return Some(at);
+        }
+        at = ((head >> 8) & 0xfc) as usize;
+    }
+    None
 }
