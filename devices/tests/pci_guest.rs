@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iced_x86::code_asm::*;
-use virtkit_core::payload::{Entry, Payload, SerialCapture, LOAD_ADDR, STACK_TOP};
-use virtkit_core::runtime::{BusDevice, Vm, VmBuilder, VmConfig, VmExit};
+use virtkit_core::payload::{Payload, SerialCapture};
+use virtkit_core::runtime::{BusDevice, Vm, VmExit};
 use virtkit_core::spec::vmi::WatchdogAction;
 use virtkit_devices::acpi::AcpiEvents;
 use virtkit_devices::block::{open_disk, BlockBackend, BlockError, DiskOptions, RawFile};
@@ -24,19 +24,12 @@ use virtkit_devices::virtio::pci::VirtioPciDevice;
 use virtkit_devices::watchdog::{I6300esb, WatchdogSink};
 
 mod common;
+use common::guest::{
+    config_read, find_function, kvm_present, long_mode, out_al, power_off, vm, SERIAL, TIMEOUT,
+};
 
-const SERIAL: u32 = 0x3f8;
 /// A test-only port through which the payload tells the host where it is.
 const DOORBELL: u64 = 0x510;
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn kvm_present() -> bool {
-    let ok = Path::new("/dev/kvm").exists();
-    if !ok {
-        eprintln!("SKIP: /dev/kvm is absent on this host; guest-side PCI tests need it");
-    }
-    ok
-}
 
 struct Doorbell(Sender<u8>);
 impl BusDevice for Doorbell {
@@ -46,17 +39,6 @@ impl BusDevice for Doorbell {
     fn write(&mut self, _offset: u64, data: &[u8]) {
         let _ = self.0.send(data[0]);
     }
-}
-
-fn vm(out: &SerialCapture) -> Vm {
-    VmBuilder::new(VmConfig {
-        name: "pci".into(),
-        vcpus: 1,
-        memory_bytes: 64 << 20,
-    })
-    .serial_output(Box::new(out.clone()))
-    .build()
-    .unwrap()
 }
 
 fn disk(dir: &Path, name: &str, sectors: usize) -> PathBuf {
@@ -80,71 +62,6 @@ fn blk(vm: &Vm, path: &Path) -> Arc<Mutex<VirtioPciDevice>> {
         )
         .unwrap(),
     ))
-}
-
-fn long_mode(a: &mut CodeAssembler) -> Payload {
-    Payload {
-        code: a.assemble(LOAD_ADDR).unwrap(),
-        load_addr: LOAD_ADDR,
-        entry: Entry::Long {
-            rip: LOAD_ADDR,
-            rsp: STACK_TOP,
-        },
-        min_memory: 1 << 20,
-    }
-}
-
-/// `mov dx, port; out dx, al`.
-fn out_al(a: &mut CodeAssembler, port: u32) {
-    a.mov(dx, port).unwrap();
-    a.out(dx, al).unwrap();
-}
-
-/// eax = config dword `reg` of slot ebx (clobbers edx).
-fn config_read(a: &mut CodeAssembler, reg: u32) {
-    a.mov(eax, ebx).unwrap();
-    a.shl(eax, 11).unwrap();
-    a.or(eax, (0x8000_0000u32 | reg) as i32).unwrap();
-    a.mov(dx, 0xcf8u32).unwrap();
-    a.out(dx, eax).unwrap();
-    a.mov(dx, 0xcfcu32).unwrap();
-    a.in_(eax, dx).unwrap();
-}
-
-/// Scan the slots for the function whose vendor/device dword is `id`
-/// (printing `?` and powering off when there is none), leave its slot in
-/// ebx and BAR 0 in rsi, and turn on memory decoding and bus mastering.
-fn find_function(a: &mut CodeAssembler, id: u32) {
-    let mut find = a.create_label();
-    let mut found = a.create_label();
-    a.xor(ebx, ebx).unwrap();
-    a.set_label(&mut find).unwrap();
-    config_read(a, 0);
-    a.cmp(eax, id as i32).unwrap();
-    a.je(found).unwrap();
-    a.inc(ebx).unwrap();
-    a.cmp(ebx, 32).unwrap();
-    a.jb(find).unwrap();
-    a.mov(al, b'?' as u32).unwrap();
-    out_al(a, SERIAL);
-    power_off(a);
-    a.set_label(&mut found).unwrap();
-    config_read(a, 0x10);
-    a.and(eax, -16).unwrap();
-    a.mov(esi, eax).unwrap(); // rsi = BAR 0 (zero-extended)
-    config_read(a, 0x04);
-    a.mov(eax, 0x6).unwrap(); // memory decode + bus master
-    a.out(dx, eax).unwrap();
-}
-
-fn power_off(a: &mut CodeAssembler) {
-    let mut hang = a.create_label();
-    a.mov(dx, 0x604u32).unwrap();
-    a.mov(ax, 0x2000u32).unwrap();
-    a.out(dx, ax).unwrap();
-    a.set_label(&mut hang).unwrap();
-    a.hlt().unwrap();
-    a.jmp(hang).unwrap();
 }
 
 /// Scan slots 0..32 three times: at boot, after PCIU shows a plug, and

@@ -1,0 +1,99 @@
+//! Helpers for tests that run a tiny long-mode payload as the guest
+//! driver: the VM, the payload wrapper, port I/O, PCI configuration reads
+//! through 0xCF8/0xCFC, finding a function, and powering off.
+
+use std::path::Path;
+use std::time::Duration;
+
+use iced_x86::code_asm::*;
+use virtkit_core::payload::{Entry, Payload, SerialCapture, LOAD_ADDR, STACK_TOP};
+use virtkit_core::runtime::{Vm, VmBuilder, VmConfig};
+
+/// The COM1 port payloads print to.
+pub const SERIAL: u32 = 0x3f8;
+/// How long a test waits for its guest.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn kvm_present() -> bool {
+    let ok = Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("SKIP: /dev/kvm is absent on this host; guest-side device tests need it");
+    }
+    ok
+}
+
+pub fn vm(out: &SerialCapture) -> Vm {
+    VmBuilder::new(VmConfig {
+        name: "guest".into(),
+        vcpus: 1,
+        memory_bytes: 64 << 20,
+    })
+    .serial_output(Box::new(out.clone()))
+    .build()
+    .unwrap()
+}
+
+pub fn long_mode(a: &mut CodeAssembler) -> Payload {
+    Payload {
+        code: a.assemble(LOAD_ADDR).unwrap(),
+        load_addr: LOAD_ADDR,
+        entry: Entry::Long {
+            rip: LOAD_ADDR,
+            rsp: STACK_TOP,
+        },
+        min_memory: 1 << 20,
+    }
+}
+
+/// `mov dx, port; out dx, al`.
+pub fn out_al(a: &mut CodeAssembler, port: u32) {
+    a.mov(dx, port).unwrap();
+    a.out(dx, al).unwrap();
+}
+
+/// eax = config dword `reg` of slot ebx (clobbers edx).
+pub fn config_read(a: &mut CodeAssembler, reg: u32) {
+    a.mov(eax, ebx).unwrap();
+    a.shl(eax, 11).unwrap();
+    a.or(eax, (0x8000_0000u32 | reg) as i32).unwrap();
+    a.mov(dx, 0xcf8u32).unwrap();
+    a.out(dx, eax).unwrap();
+    a.mov(dx, 0xcfcu32).unwrap();
+    a.in_(eax, dx).unwrap();
+}
+
+/// Scan the slots for the function whose vendor/device dword is `id`
+/// (printing `?` and powering off when there is none), leave its slot in
+/// ebx and BAR 0 in rsi, and turn on memory decoding and bus mastering.
+pub fn find_function(a: &mut CodeAssembler, id: u32) {
+    let mut find = a.create_label();
+    let mut found = a.create_label();
+    a.xor(ebx, ebx).unwrap();
+    a.set_label(&mut find).unwrap();
+    config_read(a, 0);
+    a.cmp(eax, id as i32).unwrap();
+    a.je(found).unwrap();
+    a.inc(ebx).unwrap();
+    a.cmp(ebx, 32).unwrap();
+    a.jb(find).unwrap();
+    a.mov(al, b'?' as u32).unwrap();
+    out_al(a, SERIAL);
+    power_off(a);
+    a.set_label(&mut found).unwrap();
+    config_read(a, 0x10);
+    a.and(eax, -16).unwrap();
+    a.mov(esi, eax).unwrap(); // rsi = BAR 0 (zero-extended)
+    config_read(a, 0x04);
+    a.mov(eax, 0x6).unwrap(); // memory decode + bus master
+    a.out(dx, eax).unwrap();
+}
+
+pub fn power_off(a: &mut CodeAssembler) {
+    let mut hang = a.create_label();
+    a.mov(dx, 0x604u32).unwrap();
+    a.mov(ax, 0x2000u32).unwrap();
+    a.out(dx, ax).unwrap();
+    a.set_label(&mut hang).unwrap();
+    a.hlt().unwrap();
+    a.jmp(hang).unwrap();
+}
