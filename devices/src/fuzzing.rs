@@ -130,3 +130,43 @@ pub fn scsi_commands(data: &[u8]) {
         rest = tail;
     }
 }
+
+/// Drive an AHCI controller (a disk on port 0, a CD-ROM on port 1) whose
+/// guest memory is arbitrary: `data[0]` register writes of 6 bytes
+/// (`[offset lo, offset hi, value × 4]` into the ABAR) follow, and the
+/// rest is guest memory from address 0 — command lists, tables, PRDTs and
+/// FISes as the fuzzer makes them. Must never panic or run away; the
+/// disk's identity and size never change.
+pub fn ahci_commands(data: &[u8]) {
+    use crate::ahci::{AhciController, SataDrive};
+    let Some((&writes, rest)) = data.split_first() else {
+        return;
+    };
+    let (ops, image) = rest.split_at((usize::from(writes) * 6).min(rest.len()));
+    let Ok(memory) = virtkit_core::runtime::memory::create(1 << 20) else {
+        return;
+    };
+    let len = image.len().min(1 << 20);
+    if memory.write_slice(&image[..len], GuestAddress(0)).is_err() {
+        return;
+    }
+    let disk = Arc::new(MemoryDisk::new(vec![0x33; 64 * 512], false));
+    let cd = Arc::new(MemoryDisk::new(vec![0x44; 8 * 2048], true));
+    let drives = vec![
+        SataDrive::disk(disk.clone(), "fuzz"),
+        SataDrive::cdrom(cd, "fuzz-cd", false),
+    ];
+    let Ok(mut hba) = AhciController::new(drives, memory, Arc::new(NoMsi)) else {
+        return;
+    };
+    hba.config_mut().write(4, &6u16.to_le_bytes());
+    hba.config_written(4, 2);
+    for op in ops.chunks_exact(6) {
+        let offset = u64::from(u16::from_le_bytes([op[0], op[1]]) & 0x1ffc);
+        hba.bar_write(crate::ahci::ABAR, offset, &op[2..6]);
+        let mut back = [0u8; 4];
+        hba.bar_read(crate::ahci::ABAR, offset, &mut back);
+    }
+    assert_eq!(hba.config().read_u32(0), 0x2922_8086, "identity changed");
+    assert_eq!(disk.contents().len(), 64 * 512, "disk size changed");
+}

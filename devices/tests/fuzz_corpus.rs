@@ -1,5 +1,6 @@
 //! Replays the device fuzz corpora (PCI configuration and BAR accesses,
-//! virtqueue descriptor handling) and any committed crashes.
+//! virtqueue descriptor handling, SCSI commands, AHCI command lists) and
+//! any committed crashes.
 
 #[test]
 fn pci_config_corpus() {
@@ -28,5 +29,15 @@ fn scsi_commands_corpus() {
         "scsi_commands",
         10,
         virtkit_devices::fuzzing::scsi_commands,
+    );
+}
+
+#[test]
+fn ahci_commands_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "ahci_commands",
+        4,
+        virtkit_devices::fuzzing::ahci_commands,
     );
 }

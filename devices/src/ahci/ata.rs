@@ -27,6 +27,9 @@ const ERROR_IDNF: u8 = 0x10;
 const ERROR_UNC: u8 = 0x40;
 
 const SECTOR: u64 = 512;
+/// 512-byte blocks of TRIM ranges one DATA SET MANAGEMENT may carry (64
+/// ranges each).
+const TRIM_BLOCKS: u16 = 8;
 
 /// The command fields of a Register H2D FIS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -314,12 +317,13 @@ impl AtaDisk {
     }
 
     /// DATA SET MANAGEMENT with TRIM: `count` 512-byte blocks of range
-    /// entries (48-bit LBA, 16-bit length; length 0 is unused).
+    /// entries (48-bit LBA, 16-bit length; length 0 is unused), at most
+    /// the [`TRIM_BLOCKS`] IDENTIFY offers.
     fn trim(&self, cmd: &Command, prdt: &Prdt<'_>) -> Completion {
-        if self.backend.read_only() {
+        let blocks = u64::from(cmd.count);
+        if self.backend.read_only() || blocks == 0 || blocks > u64::from(TRIM_BLOCKS) {
             return Completion::error(ERROR_ABRT);
         }
-        let blocks = u64::from(cmd.count.max(1));
         let mut buf = vec![0u8; (blocks * SECTOR) as usize];
         if let Err(e) = prdt.reader().read_exact(&mut buf) {
             return transfer_failed(cmd, &e);
@@ -365,7 +369,7 @@ impl AtaDisk {
         }
         id[106] = 0x4000; // one 512-byte logical sector per physical one
         if !self.backend.read_only() {
-            id[105] = 1; // one 512-byte block of TRIM ranges per command
+            id[105] = TRIM_BLOCKS;
             id[169] = 1; // DATA SET MANAGEMENT TRIM
         }
         id[217] = 1; // non-rotating medium
