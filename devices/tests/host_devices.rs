@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use virtkit_core::spec::cluster::{PciHostDevice, PermittedHostDevices};
 use virtkit_core::spec::vmi::{HostDevice, VmiSpec};
 use virtkit_devices::host::passthrough::{
-    check_iommu, discover, modprobe_options, ExternalProvider, HostDeviceAllocator,
+    check_iommu, discover, modprobe_options, ExternalProvider, HostAddress, HostDeviceAllocator,
     PassthroughError,
 };
 use virtkit_devices::host::sysfs::PciSysfs;
@@ -125,6 +125,10 @@ fn vm_wanting(names: &[&str]) -> VmiSpec {
     spec
 }
 
+fn pci(address: &str) -> HostAddress {
+    HostAddress::Pci(address.into())
+}
+
 #[derive(Default)]
 struct Plugin(Mutex<Vec<String>>);
 impl ExternalProvider for Plugin {
@@ -195,10 +199,10 @@ fn allocation_is_exclusive_all_or_nothing_and_released() {
     let got = alloc
         .allocate("vm1", &vm_wanting(&[t4, "intel.com/qat"]))
         .unwrap();
-    assert_eq!(got[0].pci, "0000:02:01.0");
+    assert_eq!(got[0].address, pci("0000:02:01.0"));
     assert_eq!(
-        (got[1].resource.as_str(), got[1].pci.as_str()),
-        ("intel.com/qat", "0000:05:00.0")
+        (got[1].resource.as_str(), &got[1].address),
+        ("intel.com/qat", &pci("0000:05:00.0"))
     );
     assert_eq!(*plugin.0.lock().unwrap(), ["vm1:intel.com/qat"]);
     assert_eq!(
@@ -234,8 +238,8 @@ fn allocation_is_exclusive_all_or_nothing_and_released() {
     alloc.release("vm1");
     assert!(plugin.0.lock().unwrap().is_empty());
     assert_eq!(
-        alloc.allocate("vm2", &vm_wanting(&[t4])).unwrap()[0].pci,
-        "0000:02:01.0"
+        alloc.allocate("vm2", &vm_wanting(&[t4])).unwrap()[0].address,
+        pci("0000:02:01.0")
     );
     // qat leaves the permitted list: no new allocations; the rest stays.
     alloc.update(discover(&sysfs, &permitted(false)).unwrap());
@@ -295,5 +299,118 @@ fn host_preparation_checks() {
     assert_eq!(
         std::fs::read_to_string(dir.path().join("bus/pci/drivers_probe")).unwrap(),
         "0000:03:00.0"
+    );
+}
+
+/// An mdev type `type_id` named `name` under parent `parent`, and an
+/// instance `uuid` of it (in IOMMU group `group` where given).
+fn mdev(root: &Path, parent: &str, type_id: &str, name: &str, uuid: &str, group: Option<u32>) {
+    let types = root
+        .join("devices/pci0000:00")
+        .join(parent)
+        .join("mdev_supported_types");
+    put(&types.join(type_id).join("name"), &format!("{name}\n"));
+    put(&types.join(type_id).join("device_api"), "vfio-pci\n");
+    let instance = root.join("devices/pci0000:00").join(parent).join(uuid);
+    std::fs::create_dir_all(&instance).unwrap();
+    symlink(types.join(type_id), instance.join("mdev_type")).unwrap();
+    if let Some(g) = group {
+        let gdir = root.join(format!("kernel/iommu_groups/{g}/devices"));
+        std::fs::create_dir_all(&gdir).unwrap();
+        symlink(
+            format!("../../../kernel/iommu_groups/{g}"),
+            instance.join("iommu_group"),
+        )
+        .unwrap();
+    }
+    let bus = root.join("bus/mdev/devices");
+    std::fs::create_dir_all(&bus).unwrap();
+    symlink(&instance, bus.join(uuid)).unwrap();
+}
+
+#[test]
+fn mediated_devices_are_found_by_type_name_and_handed_out_once() {
+    use virtkit_core::spec::cluster::MediatedHostDevice;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let sysfs = seed_host(root);
+    let (a, b, c) = (
+        "4b20d080-1b54-4048-85b3-a6a62d165c01",
+        "4b20d080-1b54-4048-85b3-a6a62d165c02",
+        "4b20d080-1b54-4048-85b3-a6a62d165c03",
+    );
+    mdev(
+        root,
+        "0000:02:01.0",
+        "nvidia-222",
+        "GRID T4-1Q",
+        a,
+        Some(40),
+    );
+    mdev(root, "0000:02:01.0", "nvidia-222", "GRID T4-1Q", b, None);
+    mdev(
+        root,
+        "0000:02:01.0",
+        "nvidia-223",
+        "GRID T4-2Q",
+        c,
+        Some(41),
+    );
+    let found = sysfs.mediated_devices().unwrap();
+    assert_eq!(found.len(), 3);
+    assert_eq!(
+        (found[0].type_id.as_str(), found[0].type_name.as_str()),
+        ("nvidia-222", "GRID T4-1Q")
+    );
+    assert_eq!(
+        (found[0].parent.as_str(), found[0].iommu_group),
+        ("0000:02:01.0", Some(40))
+    );
+
+    let list = PermittedHostDevices {
+        mediated_devices: vec![
+            MediatedHostDevice {
+                mdev_name_selector: "GRID T4-1Q".into(),
+                resource_name: "nvidia.com/GRID_T4-1Q".into(),
+                external_resource_provider: None,
+            },
+            MediatedHostDevice {
+                mdev_name_selector: "GRID T4-16Q".into(),
+                resource_name: "nvidia.com/GRID_T4-16Q".into(),
+                external_resource_provider: None,
+            },
+        ],
+        ..Default::default()
+    };
+    let alloc = HostDeviceAllocator::new(discover(&sysfs, &list).unwrap(), None);
+    assert_eq!(
+        alloc.allocatable(),
+        [
+            ("nvidia.com/GRID_T4-1Q".to_string(), 1),
+            ("nvidia.com/GRID_T4-16Q".to_string(), 0)
+        ],
+        "the instance without an IOMMU group and the other type do not count"
+    );
+    let mut spec = VmiSpec::default();
+    spec.domain.devices.gpus = vec![HostDevice {
+        name: "gpu1".into(),
+        device_name: "nvidia.com/GRID_T4-1Q".into(),
+    }];
+    let got = alloc.allocate("vm1", &spec).unwrap();
+    assert_eq!(got[0].address, HostAddress::Mediated(a.into()));
+    assert_eq!(
+        got[0].address.sysfs_dir(&sysfs),
+        root.join("bus/mdev/devices").join(a)
+    );
+    let err = alloc.allocate("vm2", &spec).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("spec.domain.devices.gpus[0].deviceName"),
+        "{err}"
+    );
+    alloc.release("vm1");
+    assert_eq!(
+        alloc.allocate("vm2", &spec).unwrap()[0].address,
+        HostAddress::Mediated(a.into())
     );
 }

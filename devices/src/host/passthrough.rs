@@ -1,17 +1,20 @@
-//! PCI passthrough bookkeeping: the resources `permittedHostDevices`
-//! declares, matched against the host's functions (only those bound to
-//! `vfio-pci` in an IOMMU group whose members are all VFIO-safe), handed
+//! Passthrough bookkeeping: the resources `permittedHostDevices` declares,
+//! matched against the host's PCI functions (only those bound to
+//! `vfio-pci` in an IOMMU group whose members are all VFIO-safe) and its
+//! mediated devices (instances whose type name is the selector), handed
 //! to VMs (`hostDevices[]`, `gpus[]`) all or nothing and taken back, with
 //! externally provided resources left to a provider; and the host checks
 //! and `modprobe` line that prepare a host.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use virtkit_core::spec::cluster::PermittedHostDevices;
 use virtkit_core::spec::vmi::VmiSpec;
 
-use super::sysfs::{HostPciDevice, PciSysfs, SysfsError};
+use super::sysfs::{HostMdev, HostPciDevice, PciSysfs, SysfsError};
 
 /// Why passthrough cannot go ahead.
 #[derive(Debug, thiserror::Error)]
@@ -86,20 +89,80 @@ impl PciSelector {
     }
 }
 
+/// What kind of host device a resource hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    /// Whole PCI functions (`pciHostDevices`).
+    Pci,
+    /// Mediated device instances (`mediatedDevices`).
+    Mediated,
+}
+
 /// A permitted resource and the host devices that can serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
     /// `vendor-domain/NAME`.
     pub name: String,
+    /// PCI functions or mediated devices.
+    pub kind: ResourceKind,
     /// Allocation belongs to an external plugin.
     pub external: bool,
-    /// Host functions that can be given to a VM.
+    /// Host functions that can be given to a VM (a PCI resource).
     pub devices: Vec<HostPciDevice>,
+    /// Mediated device instances that can be given to a VM.
+    pub mediated: Vec<HostMdev>,
 }
 
-/// Hands out PCI addresses for an externally provided resource.
+impl Resource {
+    fn addresses(&self) -> Vec<HostAddress> {
+        let pci = self.devices.iter().map(|d| HostAddress::Pci(d.pci.clone()));
+        let mdev = self
+            .mediated
+            .iter()
+            .map(|m| HostAddress::Mediated(m.uuid.clone()));
+        pci.chain(mdev).collect()
+    }
+}
+
+/// Where a device given to a VM lives on the host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostAddress {
+    /// A PCI function, `0000:3b:02.0`.
+    Pci(String),
+    /// A mediated device, by UUID.
+    Mediated(String),
+}
+
+impl HostAddress {
+    /// Its sysfs directory, which [`super::vfio::VfioFunction::open`]
+    /// takes.
+    pub fn sysfs_dir(&self, sysfs: &PciSysfs) -> PathBuf {
+        match self {
+            HostAddress::Pci(pci) => sysfs.device_dir(pci),
+            HostAddress::Mediated(uuid) => sysfs.mdev_dir(uuid),
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            HostAddress::Pci(k) | HostAddress::Mediated(k) => k,
+        }
+    }
+}
+
+impl fmt::Display for HostAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostAddress::Pci(pci) => write!(f, "PCI {pci}"),
+            HostAddress::Mediated(uuid) => write!(f, "mdev {uuid}"),
+        }
+    }
+}
+
+/// Hands out devices for an externally provided resource.
 pub trait ExternalProvider: Send + Sync {
-    /// PCI addresses for one device of `resource` for `owner`.
+    /// One device of `resource` for `owner`: a PCI address for a PCI
+    /// resource, an mdev UUID for a mediated one.
     fn allocate(&self, resource: &str, owner: &str) -> Result<String, String>;
     /// `owner` stopped; its devices are free.
     fn release(&self, owner: &str);
@@ -112,8 +175,8 @@ pub struct Assigned {
     pub name: String,
     /// The resource.
     pub resource: String,
-    /// Host PCI address.
-    pub pci: String,
+    /// The host device.
+    pub address: HostAddress,
 }
 
 /// Whether every function in `dev`'s IOMMU group is safe to hand over:
@@ -156,9 +219,31 @@ pub fn discover(
         }
         out.push(Resource {
             name: entry.resource_name.clone(),
+            kind: ResourceKind::Pci,
             external,
             devices,
+            mediated: Vec::new(),
         });
+    }
+    if !permitted.mediated_devices.is_empty() {
+        let instances = sysfs.mediated_devices()?;
+        for entry in &permitted.mediated_devices {
+            let external = entry.external_resource_provider == Some(true);
+            // An instance without an IOMMU group cannot be opened by VFIO.
+            let mediated = instances
+                .iter()
+                .filter(|m| !external && m.type_name == entry.mdev_name_selector)
+                .filter(|m| m.iommu_group.is_some())
+                .cloned()
+                .collect();
+            out.push(Resource {
+                name: entry.resource_name.clone(),
+                kind: ResourceKind::Mediated,
+                external,
+                devices: Vec::new(),
+                mediated,
+            });
+        }
     }
     Ok(out)
 }
@@ -244,9 +329,9 @@ impl HostDeviceAllocator {
             .filter(|r| !r.external)
             .map(|r| {
                 let free = r
-                    .devices
+                    .addresses()
                     .iter()
-                    .filter(|d| !held.contains_key(&d.pci))
+                    .filter(|a| !held.contains_key(a.key()))
                     .count();
                 (r.name.clone(), free)
             })
@@ -286,7 +371,7 @@ impl HostDeviceAllocator {
                         name: want.device_name.clone(),
                     });
                 };
-                let pci = if resource.external {
+                let address = if resource.external {
                     let provider =
                         self.provider
                             .as_ref()
@@ -296,30 +381,34 @@ impl HostDeviceAllocator {
                                 why: "no provider is registered".into(),
                             })?;
                     external_used = true;
-                    provider.allocate(&resource.name, owner).map_err(|why| {
+                    let id = provider.allocate(&resource.name, owner).map_err(|why| {
                         PassthroughError::External {
                             path: path.clone(),
                             resource: resource.name.clone(),
                             why,
                         }
-                    })?
+                    })?;
+                    match resource.kind {
+                        ResourceKind::Pci => HostAddress::Pci(id),
+                        ResourceKind::Mediated => HostAddress::Mediated(id),
+                    }
                 } else {
-                    let free = resource
-                        .devices
+                    let all = resource.addresses();
+                    let free = all
                         .iter()
-                        .find(|d| !held.contains_key(&d.pci))
+                        .find(|a| !held.contains_key(a.key()))
                         .ok_or_else(|| PassthroughError::Exhausted {
                             path: path.clone(),
                             resource: resource.name.clone(),
-                            total: resource.devices.len(),
+                            total: all.len(),
                         })?;
-                    held.insert(free.pci.clone(), owner.to_string());
-                    free.pci.clone()
+                    held.insert(free.key().to_string(), owner.to_string());
+                    free.clone()
                 };
                 given.push(Assigned {
                     name: want.name.clone(),
                     resource: resource.name.clone(),
-                    pci,
+                    address,
                 });
             }
             Ok(())

@@ -41,6 +41,23 @@ pub struct HostPciDevice {
     pub iommu_group: Option<u32>,
 }
 
+/// A mediated device (vGPU and the like) the host has created: an
+/// instance of a parent function's mdev type, under `bus/mdev/devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMdev {
+    /// The instance's UUID (its directory name).
+    pub uuid: String,
+    /// The mdev type's ID (`nvidia-222`).
+    pub type_id: String,
+    /// The type's human name (`GRID T4-1Q`), which `mdevNameSelector`
+    /// matches; the type ID where the driver gives no name.
+    pub type_name: String,
+    /// PCI address of the parent function.
+    pub parent: String,
+    /// Its IOMMU group (vfio-mdev gives each instance one).
+    pub iommu_group: Option<u32>,
+}
+
 /// A sysfs tree: `/sys`, or a fake one.
 #[derive(Debug, Clone)]
 pub struct PciSysfs {
@@ -126,6 +143,47 @@ impl PciSysfs {
             v.push(self.device(&e.file_name().to_string_lossy())?);
         }
         v.sort_by(|a, b| a.pci.cmp(&b.pci));
+        Ok(v)
+    }
+
+    /// The directory of mediated device `uuid` (what VFIO opens).
+    pub fn mdev_dir(&self, uuid: &str) -> PathBuf {
+        self.root.join("bus/mdev/devices").join(uuid)
+    }
+
+    /// Every mediated device instance, by UUID; none where the host has
+    /// no mdev bus.
+    pub fn mediated_devices(&self) -> Result<Vec<HostMdev>, SysfsError> {
+        let dir = self.root.join("bus/mdev/devices");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut v = Vec::new();
+        for e in entries.flatten() {
+            let uuid = e.file_name().to_string_lossy().into_owned();
+            let link = dir.join(&uuid).join("mdev_type");
+            // .../<parent>/mdev_supported_types/<type id>
+            let type_dir = std::fs::canonicalize(&link).map_err(|source| SysfsError::Io {
+                path: link.display().to_string(),
+                source,
+            })?;
+            let name_of = |p: Option<&Path>| {
+                p.and_then(Path::file_name)
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let type_id = name_of(Some(&type_dir));
+            let parent = name_of(type_dir.parent().and_then(Path::parent));
+            v.push(HostMdev {
+                type_name: read_trim(&type_dir.join("name")).unwrap_or_else(|_| type_id.clone()),
+                type_id,
+                parent,
+                iommu_group: link_name(&dir.join(&uuid).join("iommu_group"))
+                    .and_then(|g| g.parse().ok()),
+                uuid,
+            });
+        }
+        v.sort_by(|a, b| a.uuid.cmp(&b.uuid));
         Ok(v)
     }
 
