@@ -127,8 +127,9 @@ pub fn print_and_power_off(text: &str) -> Result<Payload, PayloadError> {
 }
 
 /// `mov dx, 0x604; mov ax, SLP_EN; out dx, ax`, then halt forever. The
-/// same instructions work in 16- and 64-bit code.
-fn power_off(a: &mut CodeAssembler) -> Result<(), PayloadError> {
+/// same instructions work in 16- and 64-bit code; payloads written
+/// elsewhere (device tests) end with it too.
+pub fn power_off(a: &mut CodeAssembler) -> Result<(), PayloadError> {
     let mut hang = a.create_label();
     a.mov(dx, 0x604u32)?;
     a.mov(ax, 0x2000u32)?;
@@ -214,7 +215,9 @@ pub fn touch_pages(
 
 /// Assemble 64-bit code at [`LOAD_ADDR`], entered with the stack at
 /// [`STACK_TOP`].
-fn long_mode(a: &mut CodeAssembler, min_memory: u64) -> Result<Payload, PayloadError> {
+/// Assemble 64-bit code at [`LOAD_ADDR`], entered in long mode with the
+/// stack at [`STACK_TOP`]; `min_memory` is the guest memory it needs.
+pub fn long_mode(a: &mut CodeAssembler, min_memory: u64) -> Result<Payload, PayloadError> {
     Ok(Payload {
         code: a.assemble(LOAD_ADDR)?,
         load_addr: LOAD_ADDR,

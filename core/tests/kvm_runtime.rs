@@ -4,6 +4,7 @@
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virtkit_core::payload::{self, SerialCapture, COUNTER_ADDR, TOUCH_BASE};
@@ -688,4 +689,56 @@ fn hugepage_backed_guest_takes_its_pages_from_the_pool() {
             "{err}"
         );
     }
+}
+
+/// A port that answers each one-byte read with the next letter and
+/// records the width of every access.
+struct Letters(Arc<Mutex<Vec<usize>>>, u8);
+impl virtkit_core::runtime::BusDevice for Letters {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        self.0.lock().unwrap().push(data.len());
+        for b in data {
+            *b = b'a' + self.1;
+            self.1 += 1;
+        }
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+#[test]
+fn string_port_io_is_served_one_access_at_a_time() {
+    use iced_x86::code_asm::*;
+    if !kvm_present() {
+        return;
+    }
+    const BUF: u64 = 0x2_0000;
+    let out = SerialCapture::default();
+    let vm = VmBuilder::new(config(1, 2))
+        .serial_output(Box::new(out.clone()))
+        .build()
+        .unwrap();
+    let widths = Arc::new(Mutex::new(Vec::new()));
+    vm.add_pio_device(0x520, 1, Arc::new(Mutex::new(Letters(widths.clone(), 0))))
+        .unwrap();
+    // `rep insb` of 5 bytes from the one-byte port, then `rep outsb` of
+    // them and a newline to COM1.
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.mov(dx, 0x520u32).unwrap();
+    a.mov(rdi, BUF).unwrap();
+    a.mov(ecx, 5u32).unwrap();
+    a.rep().insb().unwrap();
+    a.mov(byte_ptr(BUF + 5), u32::from(b'\n')).unwrap();
+    a.mov(dx, 0x3f8u32).unwrap();
+    a.mov(rsi, BUF).unwrap();
+    a.mov(ecx, 6u32).unwrap();
+    a.rep().outsb().unwrap();
+    payload::power_off(&mut a).unwrap();
+    payload::long_mode(&mut a, 1 << 20)
+        .unwrap()
+        .load(&vm)
+        .unwrap();
+    vm.start().unwrap();
+    assert_eq!(vm.wait().unwrap(), VmExit::PowerOff);
+    assert_eq!(out.text(), "abcde\n");
+    assert_eq!(*widths.lock().unwrap(), [1; 5], "five one-byte reads");
 }

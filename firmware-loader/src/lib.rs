@@ -1,5 +1,16 @@
-//! virtkit-firmware-loader — Boot: Linux direct boot, OVMF/Secure Boot, fw_cfg boot order, PXE (DHCP boot options + TFTP).
+//! virtkit-firmware-loader — boot: the fw_cfg device firmware reads and the
+//! boot order it gets from a VMI's `bootOrder`s.
 //!
-//! **Status: not implemented yet.** This crate exists so the workspace has
-//! its final shape and dependency direction; it exports nothing. The work
-//! is tracked as issue 7; see `docs/SPEC-COVERAGE.md` for what is done.
+//! **Status: partial** (issue 7). Done: [`fw_cfg`] (selector, data and DMA
+//! interfaces, file directory, `etc/e820`, firmware-driven kernel/initrd/
+//! cmdline items) and [`boot_order`] (the `bootorder` file). Not yet: Linux
+//! direct boot with linux-loader, OVMF/Secure Boot flash, SMBIOS, PXE (DHCP
+//! boot options, TFTP) — see `docs/SPEC-COVERAGE.md`.
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+pub mod boot_order;
+pub mod fw_cfg;

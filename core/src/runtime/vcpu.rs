@@ -193,13 +193,13 @@ pub(crate) fn run(
             }
         }
         let mut fd = vcpu.lock().unwrap_or_else(|p| p.into_inner());
+        let mut port_io = false;
         let exit = match fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                pio.write(u64::from(port), data);
-                None
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                pio.read(u64::from(port), data);
+            // Served below from kvm_run, which says the access size and
+            // the repeat count of string I/O (`rep insb`) that
+            // VcpuExit's flat slice hides.
+            Ok(VcpuExit::IoOut(..) | VcpuExit::IoIn(..)) => {
+                port_io = true;
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -229,9 +229,38 @@ pub(crate) fn run(
                 message: format!("KVM_RUN failed: {e}"),
             }),
         };
+        if port_io {
+            serve_port_io(&mut fd, &pio);
+        }
         drop(fd);
         if let Some(exit) = exit {
             ctl.request_exit(exit);
+        }
+    }
+}
+
+/// Serve a KVM_EXIT_IO: `count` accesses of `size` bytes each at one port
+/// (count > 1 for string I/O such as `rep insb`, which firmware uses to
+/// read fw_cfg).
+fn serve_port_io(fd: &mut VcpuFd, pio: &Bus) {
+    let run = fd.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_IO (the caller matched it), so
+    // `io` is the active member of the exit union.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    let size = usize::from(io.size).max(1);
+    let len = size * io.count as usize;
+    let base = std::ptr::from_mut(run).cast::<u8>();
+    // SAFETY: KVM put the `size * count` data bytes at `data_offset` inside
+    // this vCPU's kvm_run mapping (kvm-ioctls builds its own slice the
+    // same way); nothing else touches the mapping until the next KVM_RUN,
+    // and `run`'s borrow of `fd` covers this use.
+    let data = unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+    let port = u64::from(io.port);
+    for access in data.chunks_mut(size) {
+        if u32::from(io.direction) == kvm_bindings::KVM_EXIT_IO_IN {
+            pio.read(port, access);
+        } else {
+            pio.write(port, access);
         }
     }
 }

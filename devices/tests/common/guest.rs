@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use iced_x86::code_asm::*;
-use virtkit_core::payload::{Entry, Payload, SerialCapture, LOAD_ADDR, STACK_TOP};
+use virtkit_core::payload::{self, Payload, SerialCapture};
 use virtkit_core::runtime::{Vm, VmBuilder, VmConfig};
 
 /// The COM1 port payloads print to.
@@ -34,15 +34,7 @@ pub fn vm(out: &SerialCapture) -> Vm {
 }
 
 pub fn long_mode(a: &mut CodeAssembler) -> Payload {
-    Payload {
-        code: a.assemble(LOAD_ADDR).unwrap(),
-        load_addr: LOAD_ADDR,
-        entry: Entry::Long {
-            rip: LOAD_ADDR,
-            rsp: STACK_TOP,
-        },
-        min_memory: 1 << 20,
-    }
+    payload::long_mode(a, 1 << 20).unwrap()
 }
 
 /// `mov dx, port; out dx, al`.
@@ -89,11 +81,5 @@ pub fn find_function(a: &mut CodeAssembler, id: u32) {
 }
 
 pub fn power_off(a: &mut CodeAssembler) {
-    let mut hang = a.create_label();
-    a.mov(dx, 0x604u32).unwrap();
-    a.mov(ax, 0x2000u32).unwrap();
-    a.out(dx, ax).unwrap();
-    a.set_label(&mut hang).unwrap();
-    a.hlt().unwrap();
-    a.jmp(hang).unwrap();
+    payload::power_off(a).unwrap();
 }
