@@ -13,15 +13,14 @@ use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::*;
 use virtkit_core::payload::{Payload, SerialCapture};
-use virtkit_core::runtime::VmExit;
-use virtkit_devices::acpi::AcpiEvents;
 use virtkit_devices::ahci::{AhciController, SataDrive};
 use virtkit_devices::block::{open_disk, BlockBackend, DiskOptions};
 use virtkit_devices::pci::{PciBus, PciLayout};
 
 mod common;
 use common::guest::{
-    config_read, find_function, kvm_present, long_mode, out_al, power_off, vm, SERIAL, TIMEOUT,
+    config_read, find_function, kvm_present, labelled_image, long_mode, out_al, power_off,
+    print_bytes, run_to_power_off, vm, SERIAL,
 };
 
 const VECTOR: u32 = 0x45;
@@ -129,21 +128,6 @@ fn command(
     a.mov(dword_ptr(TABLE + 0x8c), bytes - 1).unwrap();
 }
 
-/// Print `n` bytes at `at`, then a newline.
-fn print(a: &mut CodeAssembler, at: u64, n: u32) {
-    let mut next = a.create_label();
-    a.mov(rbx, at).unwrap();
-    a.mov(ecx, n).unwrap();
-    a.set_label(&mut next).unwrap();
-    a.mov(al, byte_ptr(rbx)).unwrap();
-    out_al(a, SERIAL);
-    a.inc(rbx).unwrap();
-    a.dec(ecx).unwrap();
-    a.jnz(next).unwrap();
-    a.mov(al, b'\n' as u32).unwrap();
-    out_al(a, SERIAL);
-}
-
 fn ahci_payload() -> Payload {
     let mut a = CodeAssembler::new(64).unwrap();
     let mut isr = a.create_label();
@@ -228,7 +212,7 @@ fn ahci_payload() -> Payload {
     command(&mut a, CLB0, 0x25, 1, DATA, 512, None);
     a.mov(dword_ptr(rsi + 0x138), 1u32).unwrap();
     wait_interrupts(&mut a, 1);
-    print(&mut a, DATA, 12);
+    print_bytes(&mut a, DATA, 12);
     // 2: WRITE DMA EXT, sector 2: "written-by-guest" then 'G's.
     a.mov(rdi, DATA + 0x1000).unwrap();
     a.mov(al, b'G' as u32).unwrap();
@@ -253,20 +237,11 @@ fn ahci_payload() -> Payload {
     command(&mut a, CLB1, 0xa0, 0, DATA, 2048, Some(read10));
     a.mov(dword_ptr(rsi + 0x1b8), 1u32).unwrap();
     wait_interrupts(&mut a, 3);
-    print(&mut a, DATA, 11);
+    print_bytes(&mut a, DATA, 11);
     power_off(&mut a);
 
     handler(&mut a, &mut isr);
     long_mode(&mut a)
-}
-
-fn image(path: &Path, blocks: usize, block: usize, tag: &str) {
-    let mut bytes = vec![0u8; blocks * block];
-    for (i, b) in bytes.chunks_mut(block).enumerate() {
-        let label = format!("{tag}-{i:05}");
-        b[..label.len()].copy_from_slice(label.as_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
 }
 
 #[test]
@@ -276,8 +251,8 @@ fn guest_drives_sata_disk_and_cdrom_on_msix_interrupts() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (disk, iso) = (dir.path().join("disk.raw"), dir.path().join("cd.iso"));
-    image(&disk, 16, 512, "sector");
-    image(&iso, 4, 2048, "cdblk");
+    labelled_image(&disk, 16, 512, "sector");
+    labelled_image(&iso, 4, 2048, "cdblk");
     let out = SerialCapture::default();
     let vm = vm(&out);
     let open = |p: &Path, read_only| -> Arc<dyn BlockBackend> {
@@ -298,12 +273,7 @@ fn guest_drives_sata_disk_and_cdrom_on_msix_interrupts() {
     .unwrap();
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     bus.add(Arc::new(Mutex::new(ahci))).unwrap();
-    let events = AcpiEvents::new();
-    events.attach(&vm).unwrap();
-    bus.attach(&vm, &events).unwrap();
-    ahci_payload().load(&vm).unwrap();
-    vm.start().unwrap();
-    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    run_to_power_off(&vm, &bus, &ahci_payload());
     // One `!` per command, each printed by the MSI-X handler before the
     // payload (asleep in HLT until then) goes on; status 0x50 is DRDY|DSC.
     assert_eq!(out.text(), "!sector-00001\n!5\n!cdblk-00001\n");

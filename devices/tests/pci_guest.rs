@@ -25,7 +25,8 @@ use virtkit_devices::watchdog::{I6300esb, WatchdogSink};
 
 mod common;
 use common::guest::{
-    config_read, find_function, kvm_present, long_mode, out_al, power_off, vm, SERIAL, TIMEOUT,
+    config_read, find_function, kvm_present, long_mode, out_al, power_off, print_bytes,
+    run_to_power_off, vm, SERIAL, TIMEOUT,
 };
 
 /// A test-only port through which the payload tells the host where it is.
@@ -176,7 +177,6 @@ fn virtio_blk_payload() -> Payload {
     let mut a = CodeAssembler::new(64).unwrap();
     let mut wait1 = a.create_label();
     let mut wait2 = a.create_label();
-    let mut print = a.create_label();
     find_function(&mut a, 0x1042_1af4);
     // Reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK.
     for status in [0u32, 1, 3] {
@@ -243,16 +243,7 @@ fn virtio_blk_payload() -> Payload {
     out_al(&mut a, SERIAL);
     a.mov(al, b':' as u32).unwrap();
     out_al(&mut a, SERIAL);
-    a.mov(rbx, DATA).unwrap();
-    a.mov(ecx, 12u32).unwrap();
-    a.set_label(&mut print).unwrap();
-    a.mov(al, byte_ptr(rbx)).unwrap();
-    out_al(&mut a, SERIAL);
-    a.inc(rbx).unwrap();
-    a.dec(ecx).unwrap();
-    a.jnz(print).unwrap();
-    a.mov(al, b'\n' as u32).unwrap();
-    out_al(&mut a, SERIAL);
+    print_bytes(&mut a, DATA, 12);
     power_off(&mut a);
     long_mode(&mut a)
 }
@@ -354,12 +345,7 @@ fn run_blk_payload(path: &Path) {
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     // Put it in a slot other than the first, so the payload has to scan.
     bus.add_at(4, blk(&vm, path)).unwrap();
-    let events = AcpiEvents::new();
-    events.attach(&vm).unwrap();
-    bus.attach(&vm, &events).unwrap();
-    virtio_blk_payload().load(&vm).unwrap();
-    vm.start().unwrap();
-    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    run_to_power_off(&vm, &bus, &virtio_blk_payload());
     assert_eq!(
         out.text(),
         "00:sector-00001\n",
@@ -385,9 +371,6 @@ fn guest_drives_an_assigned_host_function() {
     let dev = AssignedDevice::new(fake.clone(), Arc::new(vm.interrupts())).unwrap();
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     bus.add_at(7, Arc::new(Mutex::new(dev))).unwrap();
-    let events = AcpiEvents::new();
-    events.attach(&vm).unwrap();
-    bus.attach(&vm, &events).unwrap();
     // Find the T4, read its ID register, write it back plus one.
     let mut a = CodeAssembler::new(64).unwrap();
     find_function(&mut a, 0x1eb8_10de);
@@ -397,9 +380,7 @@ fn guest_drives_an_assigned_host_function() {
     a.mov(al, b'!' as u32).unwrap();
     out_al(&mut a, SERIAL);
     power_off(&mut a);
-    long_mode(&mut a).load(&vm).unwrap();
-    vm.start().unwrap();
-    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    run_to_power_off(&vm, &bus, &long_mode(&mut a));
     assert_eq!(out.text(), "!");
     assert_eq!(fake.reg(0x10), common::ID_REGISTER + 1);
     assert_eq!(

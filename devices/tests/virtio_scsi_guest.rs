@@ -11,8 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::*;
 use virtkit_core::payload::{Payload, SerialCapture};
-use virtkit_core::runtime::VmExit;
-use virtkit_devices::acpi::AcpiEvents;
 use virtkit_devices::block::{open_disk, BlockBackend, DiskOptions};
 use virtkit_devices::pci::{PciBus, PciLayout};
 use virtkit_devices::scsi::{ScsiUnit, UnitKind};
@@ -21,7 +19,8 @@ use virtkit_devices::virtio::scsi::{ScsiConfig, VirtioScsi};
 
 mod common;
 use common::guest::{
-    find_function, kvm_present, long_mode, out_al, power_off, vm, SERIAL, TIMEOUT,
+    find_function, kvm_present, labelled_image, long_mode, out_al, power_off, print_bytes,
+    run_to_power_off, vm, SERIAL,
 };
 
 const DESC: u64 = 0x2_0000;
@@ -82,19 +81,8 @@ fn request(a: &mut CodeAssembler, n: u32, target: u8, cdb: &[u8], data_len: u32)
     }
 }
 
-fn print(a: &mut CodeAssembler, at: u64, n: u32) {
-    let mut next = a.create_label();
+fn colon(a: &mut CodeAssembler) {
     a.mov(al, b':' as u32).unwrap();
-    out_al(a, SERIAL);
-    a.mov(rbx, at).unwrap();
-    a.mov(ecx, n).unwrap();
-    a.set_label(&mut next).unwrap();
-    a.mov(al, byte_ptr(rbx)).unwrap();
-    out_al(a, SERIAL);
-    a.inc(rbx).unwrap();
-    a.dec(ecx).unwrap();
-    a.jnz(next).unwrap();
-    a.mov(al, b'\n' as u32).unwrap();
     out_al(a, SERIAL);
 }
 
@@ -121,9 +109,11 @@ fn virtio_scsi_payload() -> Payload {
     // READ(10) of disk block 1, READ(10) of CD block 1, and TEST UNIT
     // READY to target 5, which does not exist.
     request(&mut a, 1, 0, &[0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0], 512);
-    print(&mut a, DATA, 12);
+    colon(&mut a);
+    print_bytes(&mut a, DATA, 12);
     request(&mut a, 2, 1, &[0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0], 2048);
-    print(&mut a, DATA, 11);
+    colon(&mut a);
+    print_bytes(&mut a, DATA, 11);
     request(&mut a, 3, 5, &[0x00, 0, 0, 0, 0, 0], 0);
     a.mov(al, b'\n' as u32).unwrap();
     out_al(&mut a, SERIAL);
@@ -132,12 +122,7 @@ fn virtio_scsi_payload() -> Payload {
 }
 
 fn image(path: &Path, blocks: usize, block: usize, tag: &str) -> Arc<dyn BlockBackend> {
-    let mut bytes = vec![0u8; blocks * block];
-    for (i, b) in bytes.chunks_mut(block).enumerate() {
-        let label = format!("{tag}-{i:05}");
-        b[..label.len()].copy_from_slice(label.as_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
+    labelled_image(path, blocks, block, tag);
     let options = DiskOptions {
         read_only: true,
         shareable: false,
@@ -170,12 +155,7 @@ fn guest_reads_a_disk_and_a_cdrom_through_virtio_scsi() {
     .unwrap();
     let bus = PciBus::new(PciLayout::for_memory(64 << 20));
     bus.add(Arc::new(Mutex::new(transport))).unwrap();
-    let events = AcpiEvents::new();
-    events.attach(&vm).unwrap();
-    bus.attach(&vm, &events).unwrap();
-    virtio_scsi_payload().load(&vm).unwrap();
-    vm.start().unwrap();
-    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+    run_to_power_off(&vm, &bus, &virtio_scsi_payload());
     // Response OK (0) and GOOD (0) twice with the blocks' data; then
     // response BAD_TARGET (3) for the missing target.
     assert_eq!(

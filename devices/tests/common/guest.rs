@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use iced_x86::code_asm::*;
 use virtkit_core::payload::{self, Payload, SerialCapture};
-use virtkit_core::runtime::{Vm, VmBuilder, VmConfig};
+use virtkit_core::runtime::{Vm, VmBuilder, VmConfig, VmExit};
+use virtkit_devices::acpi::AcpiEvents;
+use virtkit_devices::pci::PciBus;
 
 /// The COM1 port payloads print to.
 pub const SERIAL: u32 = 0x3f8;
@@ -82,4 +84,42 @@ pub fn find_function(a: &mut CodeAssembler, id: u32) {
 
 pub fn power_off(a: &mut CodeAssembler) {
     payload::power_off(a).unwrap();
+}
+
+/// Print the `n` bytes at `at` on the serial port, then a newline
+/// (clobbers rbx, ecx, dx, al).
+pub fn print_bytes(a: &mut CodeAssembler, at: u64, n: u32) {
+    let mut next = a.create_label();
+    a.mov(rbx, at).unwrap();
+    a.mov(ecx, n).unwrap();
+    a.set_label(&mut next).unwrap();
+    a.mov(al, byte_ptr(rbx)).unwrap();
+    out_al(a, SERIAL);
+    a.inc(rbx).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(next).unwrap();
+    a.mov(al, b'\n' as u32).unwrap();
+    out_al(a, SERIAL);
+}
+
+/// Attach the ACPI event block and `bus` to `vm`, load `payload`, run it
+/// and expect it to power off within [`TIMEOUT`].
+pub fn run_to_power_off(vm: &Vm, bus: &PciBus, payload: &Payload) {
+    let events = AcpiEvents::new();
+    events.attach(vm).unwrap();
+    bus.attach(vm, &events).unwrap();
+    payload.load(vm).unwrap();
+    vm.start().unwrap();
+    assert_eq!(vm.wait_timeout(TIMEOUT).unwrap(), Some(VmExit::PowerOff));
+}
+
+/// Write an image of `blocks` blocks of `block` bytes, each starting with
+/// `<tag>-<index, 5 digits>`.
+pub fn labelled_image(path: &Path, blocks: usize, block: usize, tag: &str) {
+    let mut bytes = vec![0u8; blocks * block];
+    for (i, b) in bytes.chunks_mut(block).enumerate() {
+        let label = format!("{tag}-{i:05}");
+        b[..label.len()].copy_from_slice(label.as_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
 }
