@@ -26,7 +26,7 @@ use virtkit_devices::watchdog::{I6300esb, WatchdogSink};
 mod common;
 use common::guest::{
     config_read, find_function, kvm_present, long_mode, out_al, power_off, print_bytes,
-    run_to_power_off, vm, SERIAL, TIMEOUT,
+    run_to_power_off, virtio_start_queue, vm, SERIAL, TIMEOUT,
 };
 
 /// A test-only port through which the payload tells the host where it is.
@@ -178,22 +178,7 @@ fn virtio_blk_payload() -> Payload {
     let mut wait1 = a.create_label();
     let mut wait2 = a.create_label();
     find_function(&mut a, 0x1042_1af4);
-    // Reset, ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK.
-    for status in [0u32, 1, 3] {
-        a.mov(byte_ptr(rsi + 0x14), status).unwrap();
-    }
-    a.mov(dword_ptr(rsi + 0x08), 1u32).unwrap();
-    a.mov(dword_ptr(rsi + 0x0c), 1u32).unwrap();
-    a.mov(byte_ptr(rsi + 0x14), 0xbu32).unwrap();
-    // Queue 0: 8 entries at DESC/AVAIL/USED, enabled; DRIVER_OK.
-    a.mov(word_ptr(rsi + 0x16), 0u32).unwrap();
-    a.mov(word_ptr(rsi + 0x18), 8u32).unwrap();
-    for (off, addr) in [(0x20, DESC), (0x28, AVAIL), (0x30, USED)] {
-        a.mov(dword_ptr(rsi + off), addr as u32).unwrap();
-        a.mov(dword_ptr(rsi + off + 4), 0u32).unwrap();
-    }
-    a.mov(word_ptr(rsi + 0x1c), 1u32).unwrap();
-    a.mov(byte_ptr(rsi + 0x14), 0xfu32).unwrap();
+    virtio_start_queue(&mut a, 0, [DESC, AVAIL, USED]);
     // Descriptors: header -> data -> status.
     let desc = |a: &mut CodeAssembler, i: u64, addr: u64, len: u32, flags: u32, next: u32| {
         a.mov(rax, addr).unwrap();

@@ -20,7 +20,7 @@ use virtkit_devices::virtio::scsi::{ScsiConfig, VirtioScsi};
 mod common;
 use common::guest::{
     find_function, kvm_present, labelled_image, long_mode, out_al, power_off, print_bytes,
-    run_to_power_off, vm, SERIAL,
+    run_to_power_off, virtio_start_queue, vm, SERIAL,
 };
 
 const DESC: u64 = 0x2_0000;
@@ -89,22 +89,7 @@ fn colon(a: &mut CodeAssembler) {
 fn virtio_scsi_payload() -> Payload {
     let mut a = CodeAssembler::new(64).unwrap();
     find_function(&mut a, 0x1048_1af4);
-    // Reset, ACKNOWLEDGE, DRIVER; VERSION_1; FEATURES_OK.
-    for status in [0u32, 1, 3] {
-        a.mov(byte_ptr(rsi + 0x14), status).unwrap();
-    }
-    a.mov(dword_ptr(rsi + 0x08), 1u32).unwrap();
-    a.mov(dword_ptr(rsi + 0x0c), 1u32).unwrap();
-    a.mov(byte_ptr(rsi + 0x14), 0xbu32).unwrap();
-    // The first request queue: 8 entries, enabled; DRIVER_OK.
-    a.mov(word_ptr(rsi + 0x16), REQUEST_QUEUE).unwrap();
-    a.mov(word_ptr(rsi + 0x18), 8u32).unwrap();
-    for (off, addr) in [(0x20, DESC), (0x28, AVAIL), (0x30, USED)] {
-        a.mov(dword_ptr(rsi + off), addr as u32).unwrap();
-        a.mov(dword_ptr(rsi + off + 4), 0u32).unwrap();
-    }
-    a.mov(word_ptr(rsi + 0x1c), 1u32).unwrap();
-    a.mov(byte_ptr(rsi + 0x14), 0xfu32).unwrap();
+    virtio_start_queue(&mut a, REQUEST_QUEUE, [DESC, AVAIL, USED]);
 
     // READ(10) of disk block 1, READ(10) of CD block 1, and TEST UNIT
     // READY to target 5, which does not exist.

@@ -123,3 +123,24 @@ pub fn labelled_image(path: &Path, blocks: usize, block: usize, tag: &str) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Bring up the virtio-pci function whose common configuration is at rsi
+/// (modern transport): reset, ACKNOWLEDGE, DRIVER, VERSION_1 only,
+/// FEATURES_OK; queue `queue` with 8 entries at `rings` (descriptors,
+/// available, used), enabled; DRIVER_OK.
+pub fn virtio_start_queue(a: &mut CodeAssembler, queue: u32, rings: [u64; 3]) {
+    for status in [0u32, 1, 3] {
+        a.mov(byte_ptr(rsi + 0x14), status).unwrap();
+    }
+    a.mov(dword_ptr(rsi + 0x08), 1u32).unwrap();
+    a.mov(dword_ptr(rsi + 0x0c), 1u32).unwrap();
+    a.mov(byte_ptr(rsi + 0x14), 0xbu32).unwrap();
+    a.mov(word_ptr(rsi + 0x16), queue).unwrap();
+    a.mov(word_ptr(rsi + 0x18), 8u32).unwrap();
+    for (off, addr) in [0x20, 0x28, 0x30].into_iter().zip(rings) {
+        a.mov(dword_ptr(rsi + off), addr as u32).unwrap();
+        a.mov(dword_ptr(rsi + off + 4), 0u32).unwrap();
+    }
+    a.mov(word_ptr(rsi + 0x1c), 1u32).unwrap();
+    a.mov(byte_ptr(rsi + 0x14), 0xfu32).unwrap();
+}
