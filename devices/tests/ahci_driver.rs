@@ -388,6 +388,13 @@ fn a_failed_command_halts_the_port_until_the_driver_restarts_it() {
     hba.pset(0, 0x18, 0x11);
     let is = hba.issue(0, 0, fis(0xff, 0, 0, 0), None, &[]);
     assert_ne!(is & TFES, 0);
+    // So does a slot holding something other than a Register H2D FIS.
+    hba.pset(0, 0x18, 0x10);
+    hba.pset(0, 0x18, 0x11);
+    let mut not_h2d = fis(0x25, 0, 1, 0);
+    not_h2d[0] = 0x34;
+    let is = hba.issue(0, 0, not_h2d, None, &[(DATA, 512)]);
+    assert_ne!(is & TFES, 0, "a non-H2D FIS is aborted, not dropped");
 }
 
 #[test]

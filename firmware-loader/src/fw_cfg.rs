@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use virtkit_core::runtime::memory::GuestMem;
 use virtkit_core::runtime::BusDevice;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// First I/O port of the device (the selector).
 pub const PORT_BASE: u64 = 0x510;
@@ -235,6 +235,39 @@ impl FwCfg {
         b
     }
 
+    /// Copy `length` bytes of the selected item from the cursor to guest
+    /// `address` (zeroes past the item's end, as QEMU gives). The whole
+    /// target must be guest memory; nothing is allocated beyond the item.
+    fn dma_read(&mut self, address: u64, length: usize) -> bool {
+        if !self
+            .memory
+            .check_range(GuestAddress(address), length, Permissions::Write)
+        {
+            return false;
+        }
+        let item = self
+            .items
+            .get(&self.selected)
+            .map_or(&[][..], Vec::as_slice);
+        let start = self.offset.min(item.len());
+        let data = &item[start..start.saturating_add(length).min(item.len())];
+        self.offset = self.offset.saturating_add(length);
+        let zeroes = [0u8; 4096];
+        let mut at = address + data.len() as u64;
+        let mut ok = self.memory.write_slice(data, GuestAddress(address)).is_ok();
+        let mut left = length - data.len();
+        while ok && left > 0 {
+            let n = left.min(zeroes.len());
+            ok = self
+                .memory
+                .write_slice(&zeroes[..n], GuestAddress(at))
+                .is_ok();
+            at += n as u64;
+            left -= n;
+        }
+        ok
+    }
+
     /// Run the DMA request whose descriptor is at `at`; the control word
     /// is cleared when done, or left with the error bit.
     fn dma(&mut self, at: u64) {
@@ -252,19 +285,7 @@ impl FwCfg {
             self.select((control >> 16) as u16);
         }
         let ok = if control & DMA_READ != 0 {
-            let item = self
-                .items
-                .get(&self.selected)
-                .map_or(&[][..], Vec::as_slice);
-            let start = self.offset.min(item.len());
-            let end = start.saturating_add(length as usize).min(item.len());
-            // Past the item's end the guest reads zeroes.
-            let mut bytes = item[start..end].to_vec();
-            bytes.resize(length as usize, 0);
-            self.offset = self.offset.saturating_add(length as usize);
-            self.memory
-                .write_slice(&bytes, GuestAddress(address))
-                .is_ok()
+            self.dma_read(address, length as usize)
         } else if control & DMA_SKIP != 0 {
             self.offset = self.offset.saturating_add(length as usize);
             true
@@ -413,6 +434,11 @@ mod tests {
         assert_eq!(&got, b"23456789\0\0\0\0");
         let control: u32 = d.memory.read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(control, 0, "done, no error");
+        // A huge length is refused without allocating it.
+        desc(&d, 0x1000, DMA_READ, u32::MAX, 0x2000);
+        d.write(DMA_HIGH, &0x1000u64.to_be_bytes());
+        let control: u32 = d.memory.read_obj(GuestAddress(0x1000)).unwrap();
+        assert_eq!(u32::from_be(control), DMA_ERROR);
         // A target outside guest memory sets the error bit.
         desc(&d, 0x1000, DMA_READ, 4, 0x10_0000_0000);
         d.write(DMA_HIGH, &0x1000u64.to_be_bytes());

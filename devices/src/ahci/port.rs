@@ -6,7 +6,7 @@
 use virtkit_core::runtime::memory::GuestMem;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::ata::{AtaDisk, Command, Completion, STATUS_BSY, STATUS_DRDY, STATUS_DSC};
+use super::ata::{AtaDisk, Command, Completion, ERROR_ABRT, STATUS_BSY, STATUS_DRDY, STATUS_DSC};
 use super::atapi::AtapiCdrom;
 use super::prdt::Prdt;
 
@@ -335,8 +335,10 @@ impl Port {
                 .map_err(gm)?;
         }
         if fis[0] != 0x27 || flags & HEADER_CFL < 5 {
-            log::warn!("ahci: slot {slot} holds FIS type {:#04x}; ignored", fis[0]);
-            return Ok(());
+            // Only Register H2D FISes reach a device; anything else is
+            // aborted so that the driver sees an error, not silence.
+            log::warn!("ahci: slot {slot} holds FIS type {:#04x}; aborted", fis[0]);
+            return self.post_d2h(memory, &Completion::error(ERROR_ABRT), false);
         }
         if fis[1] & 0x80 == 0 {
             // A control register update: the software reset sequence.
