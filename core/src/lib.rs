@@ -23,6 +23,7 @@
 //! assert!(report.has_path("spec.template.spec.domain.cpu.cores"));
 //! ```
 
+pub mod accounting;
 pub mod defaults;
 pub mod document;
 pub mod fuzzing;
