@@ -14,3 +14,4 @@ pub struct ReadmeDoctests;
 
 pub mod boot_order;
 pub mod fw_cfg;
+pub mod linux;

@@ -44,6 +44,31 @@ pub enum BootState {
         /// Initial stack pointer.
         rsp: u64,
     },
+    /// The Linux 64-bit boot protocol: long mode as [`BootState::LongMode`]
+    /// with `rsi` holding the guest-physical address of the zero page
+    /// (`struct boot_params`).
+    Linux64 {
+        /// 64-bit entry point (`startup_64`, load address + 0x200 for a
+        /// bzImage).
+        rip: u64,
+        /// Initial stack pointer.
+        rsp: u64,
+        /// Address of the zero page, passed in `rsi`.
+        boot_params: u64,
+    },
+    /// The PVH boot protocol: 32-bit protected mode with flat 4 GiB code
+    /// and data segments, paging off, `ebx` holding the address of the
+    /// `hvm_start_info` structure.
+    Pvh {
+        /// 32-bit entry point from the kernel's `XEN_ELFNOTE_PHYS32_ENTRY`.
+        eip: u32,
+        /// Address of `hvm_start_info`, passed in `ebx`.
+        start_info: u32,
+    },
+    /// The architectural reset state: real mode with CS base 0xffff0000
+    /// and IP 0xfff0, so the first instruction is fetched from the reset
+    /// vector at 0xfffffff0 (firmware in flash).
+    Reset,
 }
 
 fn segment(selector: u16, base: u64, limit: u32, type_: u8, l: u8, db: u8, g: u8) -> kvm_segment {
@@ -130,6 +155,59 @@ pub fn apply(
             sregs.efer |= EFER_LME | EFER_LMA;
             regs.rip = rip;
             regs.rsp = rsp;
+        }
+        BootState::Linux64 {
+            rip,
+            rsp,
+            boot_params,
+        } => {
+            apply(&BootState::LongMode { rip, rsp }, mem, regs, sregs)?;
+            regs.rsi = boot_params;
+        }
+        BootState::Pvh { eip, start_info } => {
+            // GDT: null, 32-bit flat code, flat data (PVH's required state).
+            let gdt: [u64; 3] = [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+            let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
+            write(GDT_ADDR, &gdt_bytes)?;
+            sregs.gdt.base = GDT_ADDR;
+            sregs.gdt.limit = (gdt_bytes.len() - 1) as u16;
+            // KVM takes the byte-granular limit: 4 GiB - 1, not 0xfffff
+            // pages (a 32-bit guest faults on its first fetch otherwise).
+            sregs.cs = segment(0x8, 0, 0xffff_ffff, 0xb, 0, 1, 1);
+            let data = segment(0x10, 0, 0xffff_ffff, 0x3, 0, 1, 1);
+            sregs.ds = data;
+            sregs.es = data;
+            sregs.fs = data;
+            sregs.gs = data;
+            sregs.ss = data;
+            sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            regs.rip = u64::from(eip);
+            regs.rbx = u64::from(start_info);
+        }
+        BootState::Reset => {
+            // KVM creates vCPUs in this state; it is restated so a VM whose
+            // boot state was set before still starts at the reset vector.
+            sregs.cs.selector = 0xf000;
+            sregs.cs.base = 0xffff_0000;
+            sregs.cs.limit = 0xffff;
+            for s in [
+                &mut sregs.ds,
+                &mut sregs.es,
+                &mut sregs.ss,
+                &mut sregs.fs,
+                &mut sregs.gs,
+            ] {
+                s.selector = 0;
+                s.base = 0;
+                s.limit = 0xffff;
+            }
+            sregs.cr0 = 0x6000_0010;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            regs.rip = 0xfff0;
+            regs.rdx = 0x600;
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kvm_bindings::{
     kvm_mp_state, kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -98,7 +98,11 @@ pub struct VmBuilder {
     cpu: Option<CpuConfig>,
     pinning: Option<Vec<usize>>,
     hugepages: Option<HugePageSize>,
+    roms: Vec<(u64, Vec<u8>)>,
 }
+
+/// KVM memory slots of read-only regions start here, above any RAM slot.
+const ROM_SLOT_BASE: u32 = 16;
 
 impl VmBuilder {
     /// A builder with serial output discarded.
@@ -113,7 +117,18 @@ impl VmBuilder {
             cpu: None,
             pinning: None,
             hugepages: None,
+            roms: Vec::new(),
         }
+    }
+
+    /// Map `bytes` read-only at guest-physical `guest_addr` (firmware
+    /// code in flash): the guest reads and executes it from memory, and
+    /// its writes leave as MMIO exits, served by an MMIO device placed
+    /// over the same range or dropped. `guest_addr` and the length must
+    /// be page multiples and the range must not touch RAM.
+    pub fn rom(mut self, guest_addr: u64, bytes: Vec<u8>) -> Self {
+        self.roms.push((guest_addr, bytes));
+        self
     }
 
     /// Open this device node instead of `/dev/kvm`.
@@ -215,6 +230,8 @@ impl VmBuilder {
             register_slot(&vm_fd, slot as u32, region, false)?;
         }
 
+        let roms = map_roms(&kvm, &vm_fd, &ranges, self.roms)?;
+
         let ctl = Arc::new(Control::new(usize::from(cfg.vcpus)));
         let c = ctl.clone();
         let request: ExitRequest = Arc::new(move |e| c.request_exit(e));
@@ -297,6 +314,7 @@ impl VmBuilder {
             vm_fd: Arc::new(vm_fd),
             memory,
             ranges,
+            _roms: roms,
             vcpus,
             pio: Mutex::new(Arc::new(pio)),
             mmio: Mutex::new(Arc::new(mmio)),
@@ -311,6 +329,63 @@ impl VmBuilder {
             tids: Arc::new(Mutex::new(vec![0; usize::from(cfg_vcpus)])),
         })
     }
+}
+
+/// Map the read-only regions of [`VmBuilder::rom`] into KVM slots.
+fn map_roms(
+    kvm: &Kvm,
+    vm: &VmFd,
+    ram: &[RamRange],
+    roms: Vec<(u64, Vec<u8>)>,
+) -> Result<Vec<vm_memory::MmapRegion>, RuntimeError> {
+    if roms.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !kvm.check_extension(Cap::ReadonlyMem) {
+        return Err(RuntimeError::MissingCapability {
+            capability: "KVM_CAP_READONLY_MEM",
+            needed_for: "firmware mapped read-only",
+        });
+    }
+    let mut mapped: Vec<(u64, u64)> = Vec::new();
+    let mut regions = Vec::with_capacity(roms.len());
+    for (i, (addr, bytes)) in roms.into_iter().enumerate() {
+        let len = bytes.len() as u64;
+        let end = addr.checked_add(len);
+        let overlaps = |a: u64, l: u64| end.is_some_and(|e| addr < a + l && a < e);
+        if len == 0
+            || addr % PAGE_SIZE != 0
+            || len % PAGE_SIZE != 0
+            || end.is_none()
+            || ram.iter().any(|r| overlaps(r.guest_addr, r.len))
+            || mapped.iter().any(|&(a, l)| overlaps(a, l))
+        {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "read-only region of {len:#x} bytes at {addr:#x}: it must be a non-empty run of \
+                 whole pages that touches neither RAM nor another read-only region"
+            )));
+        }
+        let region = vm_memory::MmapRegion::new(bytes.len()).map_err(|e| {
+            RuntimeError::GuestMemory(format!("mapping a read-only region of {len:#x} bytes: {e}"))
+        })?;
+        // SAFETY: the region was just mapped with `bytes.len()` writable
+        // bytes and nothing else refers to it yet.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), region.as_ptr(), bytes.len()) };
+        let mr = kvm_userspace_memory_region {
+            slot: ROM_SLOT_BASE + i as u32,
+            guest_phys_addr: addr,
+            memory_size: len,
+            userspace_addr: region.as_ptr() as u64,
+            flags: KVM_MEM_READONLY,
+        };
+        // SAFETY: `region` is a live mapping of `len` bytes that the `Vm`
+        // keeps (in `_roms`) for as long as the VM fd exists.
+        unsafe { vm.set_user_memory_region(mr) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (read-only)"))?;
+        mapped.push((addr, len));
+        regions.push(region);
+    }
+    Ok(regions)
 }
 
 /// Lock a mutex, recovering from poisoning (the data are plain values).
@@ -416,6 +491,8 @@ pub struct Vm {
     vm_fd: Arc<VmFd>,
     memory: GuestMem,
     ranges: Vec<RamRange>,
+    /// Read-only regions; KVM maps them, so they live as long as the VM.
+    _roms: Vec<vm_memory::MmapRegion>,
     vcpus: Vec<Arc<Mutex<VcpuFd>>>,
     pio: Mutex<Arc<Bus>>,
     mmio: Mutex<Arc<Bus>>,
