@@ -13,5 +13,8 @@
 pub struct ReadmeDoctests;
 
 pub mod boot_order;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod fw_cfg;
 pub mod linux;
+pub mod ovmf;

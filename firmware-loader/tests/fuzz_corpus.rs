@@ -1,0 +1,42 @@
+//! Replays the boot fuzz corpora (firmware volumes) and any committed
+//! crashes, and checks that the seeds are what they claim to be.
+
+#![allow(clippy::unwrap_used)]
+
+use virtkit_firmware_loader::ovmf::volume;
+
+fn seed(name: &str) -> Vec<u8> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/firmware_volume");
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+#[test]
+fn firmware_volume_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "firmware_volume",
+        4,
+        virtkit_firmware_loader::fuzzing::firmware_volume,
+    );
+}
+
+#[test]
+fn firmware_volume_seeds_reach_the_deep_paths() {
+    assert_eq!(
+        volume::code_volumes(&seed("code-two-volumes"))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(matches!(
+        volume::code_volumes(&seed("code-bad-checksum")),
+        Err(volume::VolumeError::Checksum { .. })
+    ));
+    let store = volume::var_store(&seed("vars-ms-8k")).unwrap();
+    assert!(store.authenticated && !store.variables.is_empty());
+    assert!(volume::var_store(&seed("vars-plain-4k"))
+        .unwrap()
+        .variables
+        .is_empty());
+}
