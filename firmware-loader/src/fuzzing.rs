@@ -18,3 +18,24 @@ pub fn firmware_volume(data: &[u8]) {
         assert!(names <= data.len());
     }
 }
+
+/// Parse `data` as the first packet of a TFTP transfer and, when it is an
+/// accepted read request, map its file name into the boot directory.
+/// Invariants: accepted options are within the RFCs' ranges; an accepted
+/// path never climbs out of the directory.
+pub fn tftp_request(data: &[u8]) {
+    use crate::pxe::tftp::{parse_request, relative_path, BLKSIZE_RANGE, TIMEOUT_RANGE};
+    let Ok(req) = parse_request(data) else { return };
+    if let Some(b) = req.blksize {
+        assert!(BLKSIZE_RANGE.contains(&b));
+    }
+    if let Some(t) = req.timeout {
+        assert!(TIMEOUT_RANGE.contains(&t));
+    }
+    if let Ok(path) = relative_path(&req.filename) {
+        assert!(path.is_relative());
+        assert!(path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_))));
+    }
+}

@@ -18,3 +18,4 @@ pub mod fuzzing;
 pub mod fw_cfg;
 pub mod linux;
 pub mod ovmf;
+pub mod pxe;

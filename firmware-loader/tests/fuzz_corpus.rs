@@ -1,4 +1,4 @@
-//! Replays the boot fuzz corpora (firmware volumes) and any committed
+//! Replays the boot fuzz corpora (firmware volumes, TFTP requests) and any committed
 //! crashes, and checks that the seeds are what they claim to be.
 
 #![allow(clippy::unwrap_used)]
@@ -18,6 +18,16 @@ fn firmware_volume_corpus() {
         "firmware_volume",
         4,
         virtkit_firmware_loader::fuzzing::firmware_volume,
+    );
+}
+
+#[test]
+fn tftp_request_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "tftp_request",
+        6,
+        virtkit_firmware_loader::fuzzing::tftp_request,
     );
 }
 

@@ -66,6 +66,93 @@ pub struct Dhcp4Config {
     pub interface: String,
     /// One lease per known MAC.
     pub leases: Vec<Lease4>,
+    /// Network boot answers (PXE), for every client of this server.
+    pub boot: Option<BootOptions>,
+}
+
+/// What a network-booting client is told: the TFTP server (`siaddr`, the
+/// "next server") and a boot file chosen by what the client is, as
+/// dnsmasq's `dhcp-boot` with `dhcp-match` tags does it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootOptions {
+    /// The TFTP server, sent as `siaddr`.
+    pub next_server: Ipv4Addr,
+    /// Boot file for BIOS PXE ROMs (client architecture 0, or none).
+    pub bios_file: Option<String>,
+    /// Boot file for x86-64 UEFI clients (architectures 7 and 9).
+    pub uefi_file: Option<String>,
+    /// Boot file for iPXE (user class `iPXE`), usually a script; it wins
+    /// over the others so that iPXE, once chain-loaded, does not load
+    /// itself again.
+    pub ipxe_file: Option<String>,
+}
+
+/// What a DHCP client is, from its client architecture (option 93, RFC
+/// 4578) and user class (option 77).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootClient {
+    /// A BIOS PXE ROM, or a client that names no architecture.
+    Bios,
+    /// x86-64 UEFI (architecture 7, or 9 as some firmware sends).
+    Uefi,
+    /// iPXE.
+    Ipxe,
+    /// Another architecture: no boot file is given.
+    Other(u16),
+}
+
+/// Classify a request for [`BootOptions`]: iPXE by its user class, else
+/// by its architecture.
+pub fn boot_client(req: &Message) -> BootClient {
+    let ipxe = match req.opts().get(v4::OptionCode::UserClass) {
+        Some(DhcpOption::UserClass(data)) => user_classes(data).iter().any(|c| c == b"iPXE"),
+        _ => false,
+    };
+    if ipxe {
+        BootClient::Ipxe
+    } else {
+        arch_client(req)
+    }
+}
+
+/// Classify a request by its client architecture (option 93) alone.
+fn arch_client(req: &Message) -> BootClient {
+    match req.opts().get(v4::OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(arch)) => match u16::from(*arch) {
+            0 => BootClient::Bios,
+            7 | 9 => BootClient::Uefi,
+            other => BootClient::Other(other),
+        },
+        _ => BootClient::Bios,
+    }
+}
+
+/// The classes of option 77: RFC 3004's length-prefixed list, or (as
+/// iPXE sends it) one bare string.
+fn user_classes(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let len = usize::from(data[at]);
+        match data.get(at + 1..at + 1 + len) {
+            Some(c) if len > 0 => out.push(c.to_vec()),
+            _ => return vec![data.to_vec()],
+        }
+        at += 1 + len;
+    }
+    out
+}
+
+impl BootOptions {
+    /// The boot file for `client`, if it gets one.
+    pub fn file_for(&self, client: BootClient) -> Option<&str> {
+        match client {
+            BootClient::Ipxe => self.ipxe_file.as_deref(),
+            BootClient::Bios => self.bios_file.as_deref(),
+            BootClient::Uefi => self.uefi_file.as_deref(),
+            BootClient::Other(_) => None,
+        }
+    }
 }
 
 /// Errors of the DHCPv4 server.
@@ -199,6 +286,9 @@ pub fn answer(config: &Dhcp4Config, packet: &[u8]) -> Result<Option<Reply>, Dhcp
             reply.set_ciaddr(req.ciaddr());
         }
         add_options(&mut reply, lease, kind != MessageType::Inform)?;
+        if let Some(boot) = &config.boot {
+            add_boot_options(&mut reply, &req, boot);
+        }
     }
     let mut bytes = Vec::new();
     reply
@@ -287,6 +377,47 @@ fn add_options(
     Ok(())
 }
 
+/// `siaddr` (the next server) and the boot file: in option 67 when the
+/// client asks for it in option 55, else in the BOOTP `file` field, as
+/// dnsmasq answers (the PXE test compares the two). PXE clients get
+/// option 60 `PXEClient` back, as the PXE specification asks of a boot
+/// server.
+fn add_boot_options(reply: &mut Message, req: &Message, boot: &BootOptions) {
+    let client = boot_client(req);
+    // iPXE with no script of its own is answered by its architecture.
+    let file = boot.file_for(client).or_else(|| {
+        boot.file_for(arch_client(req))
+            .filter(|_| client == BootClient::Ipxe)
+    });
+    let Some(file) = file else {
+        log::debug!("DHCPv4: no boot file for a {client:?} client");
+        return;
+    };
+    reply.set_siaddr(boot.next_server);
+    let asked = match req.opts().get(v4::OptionCode::ParameterRequestList) {
+        Some(DhcpOption::ParameterRequestList(list)) => {
+            list.contains(&v4::OptionCode::BootfileName)
+        }
+        _ => false,
+    };
+    if asked {
+        reply
+            .opts_mut()
+            .insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+    } else {
+        reply.set_fname_str(file);
+    }
+    let pxe = matches!(
+        req.opts().get(v4::OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(id)) if id.starts_with(b"PXEClient")
+    );
+    if pxe {
+        reply
+            .opts_mut()
+            .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+    }
+}
+
 /// A running DHCPv4 server; stopped when dropped.
 #[derive(Debug)]
 pub struct Dhcp4Server(Responder);
@@ -347,6 +478,7 @@ mod tests {
 
     fn config() -> Dhcp4Config {
         Dhcp4Config {
+            boot: None,
             server: Ipv4Addr::new(10, 0, 2, 1),
             interface: "k6t-eth0".into(),
             leases: vec![Lease4 {
@@ -381,6 +513,68 @@ mod tests {
 
     fn decode(r: &Reply) -> Message {
         Message::decode(&mut Decoder::new(&r.bytes)).unwrap()
+    }
+
+    fn file(m: &Message) -> &str {
+        m.fname_str()
+            .map_or("", |f| f.unwrap())
+            .trim_end_matches('\0')
+    }
+
+    #[test]
+    fn boot_files_follow_architecture_and_user_class() {
+        let mut c = config();
+        c.boot = Some(BootOptions {
+            next_server: Ipv4Addr::new(10, 0, 2, 1),
+            bios_file: Some("pxelinux.0".into()),
+            uefi_file: Some("grubx64.efi".into()),
+            ipxe_file: Some("boot.ipxe".into()),
+        });
+        let none = Ipv4Addr::UNSPECIFIED;
+        let arch = |a: u16| DhcpOption::ClientSystemArchitecture(a.into());
+        let prl = DhcpOption::ParameterRequestList(vec![
+            v4::OptionCode::TFTPServerName,
+            v4::OptionCode::BootfileName,
+        ]);
+        let pxe = DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003016".to_vec());
+        let offer_from = |c: &Dhcp4Config, extra: &[DhcpOption]| {
+            decode(
+                &answer(c, &request(GUEST, MessageType::Discover, extra, none))
+                    .unwrap()
+                    .unwrap(),
+            )
+        };
+        let offer = |extra: &[DhcpOption]| offer_from(&c, extra);
+        // Asked for option 67: there, and the file field stays empty.
+        let m = offer(&[arch(7), prl.clone(), pxe]);
+        assert_eq!(m.siaddr(), Ipv4Addr::new(10, 0, 2, 1));
+        assert_eq!(file(&m), "");
+        assert_eq!(
+            m.opts().get(v4::OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"grubx64.efi".to_vec()))
+        );
+        assert_eq!(
+            m.opts().get(v4::OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        // BIOS (architecture 0 or none); options 66/67 only when asked.
+        let m = offer(&[arch(0)]);
+        assert_eq!(file(&m), "pxelinux.0");
+        assert!(m.opts().get(v4::OptionCode::BootfileName).is_none());
+        assert_eq!(file(&offer(&[])), "pxelinux.0");
+        // iPXE by user class, bare or RFC 3004 encoded.
+        for class in [b"iPXE".to_vec(), b"\x04iPXE".to_vec()] {
+            let m = offer(&[arch(7), DhcpOption::UserClass(class)]);
+            assert_eq!(file(&m), "boot.ipxe");
+        }
+        // ARM64 UEFI (11) gets no boot file.
+        let m = offer(&[arch(11)]);
+        assert!(m.fname().is_none() && m.siaddr().is_unspecified());
+        // iPXE with no script of its own: by architecture.
+        let mut c = c.clone();
+        c.boot.as_mut().unwrap().ipxe_file = None;
+        let m = offer_from(&c, &[arch(7), DhcpOption::UserClass(b"iPXE".to_vec())]);
+        assert_eq!(file(&m), "grubx64.efi");
     }
 
     #[test]

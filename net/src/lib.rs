@@ -25,7 +25,9 @@ mod state;
 pub mod tap;
 
 pub use bridge::{BridgeBinding, BridgeBindingConfig, BridgeError};
-pub use dhcp4::{Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4, Route4};
+pub use dhcp4::{
+    boot_client, BootClient, BootOptions, Dhcp4Config, Dhcp4Error, Dhcp4Server, Lease4, Route4,
+};
 pub use dhcp6::{Dhcp6Config, Dhcp6Error, Dhcp6Server, Lease6};
 pub use mac::{namespace_managed, MacAddr, MacPool, MacPoolError, MacRange};
 pub use masquerade::{Masquerade, MasqueradeConfig, MasqueradeError, PortForward, Protocol};

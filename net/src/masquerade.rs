@@ -414,6 +414,7 @@ impl Masquerade {
         };
         self.dhcp = Some(Dhcp4Server::start(
             Dhcp4Config {
+                boot: None,
                 server: cfg.gateway(),
                 interface: self.names.bridge.clone(),
                 leases: vec![lease],

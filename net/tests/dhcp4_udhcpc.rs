@@ -109,6 +109,7 @@ fn udhcpc_gets_its_lease_and_every_option() {
     let dir = std::env::temp_dir().join(format!("virtkit-dhcp4-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = Dhcp4Config {
+        boot: None,
         server: Ipv4Addr::new(10, 0, 2, 1),
         interface: link.server_if.clone(),
         leases: vec![Lease4 {
