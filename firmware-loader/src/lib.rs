@@ -1,11 +1,14 @@
-//! virtkit-firmware-loader — boot: the fw_cfg device firmware reads and the
-//! boot order it gets from a VMI's `bootOrder`s.
+//! virtkit-firmware-loader — boot: Linux direct boot, EFI firmware in
+//! flash, the fw_cfg device firmware reads, the boot order from a VMI's
+//! `bootOrder`s, and PXE served from the host.
 //!
 //! **Status: partial** (issue 7). Done: [`fw_cfg`] (selector, data and DMA
 //! interfaces, file directory, `etc/e820`, firmware-driven kernel/initrd/
-//! cmdline items) and [`boot_order`] (the `bootorder` file). Not yet: Linux
-//! direct boot with linux-loader, OVMF/Secure Boot flash, SMBIOS, PXE (DHCP
-//! boot options, TFTP) — see `docs/SPEC-COVERAGE.md`.
+//! cmdline items), [`boot_order`] (the `bootorder` file), [`linux`] (direct
+//! boot of bzImage and ELF kernels, PVH), [`ovmf`] (firmware descriptors,
+//! volume checks, per-VM VARS, CFI flash) and [`pxe`] (DHCP boot options and
+//! a TFTP server). Not yet: SMBIOS, the ACPI table-loader files, the iPXE
+//! ROM BAR — see `docs/SPEC-COVERAGE.md`.
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]
