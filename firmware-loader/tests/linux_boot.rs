@@ -405,6 +405,20 @@ fn print_char(a: &mut CodeAssembler, c: u8) {
     a.out(dx, al).unwrap();
 }
 
+/// Print a space and the one-digit count at `count`, power off; `bad`
+/// prints `?` and powers off.
+fn print_count_and_power_off(a: &mut CodeAssembler, count: AsmMemoryOperand, bad: &mut CodeLabel) {
+    print_char(a, b' ');
+    a.mov(al, count).unwrap();
+    a.add(al, b'0' as i32).unwrap();
+    a.mov(dx, 0x3f8u32).unwrap();
+    a.out(dx, al).unwrap();
+    payload::power_off(a).unwrap();
+    a.set_label(bad).unwrap();
+    print_char(a, b'?');
+    payload::power_off(a).unwrap();
+}
+
 fn boot_for_real(name: &str, elf: &[u8]) -> String {
     let (_p, mut kernel) = temp_file(name, elf);
     let out = SerialCapture::default();
@@ -445,15 +459,7 @@ fn a_tiny_elf_kernel_boots_at_its_64_bit_entry_with_the_zero_page_in_rsi() {
     a.mov(rbx, rsi).unwrap();
     a.mov(esi, dword_ptr(rbx + 0x228)).unwrap();
     print_string(&mut a, 64);
-    print_char(&mut a, b' ');
-    a.mov(al, byte_ptr(rbx + 0x1e8)).unwrap();
-    a.add(al, b'0' as i32).unwrap();
-    a.mov(dx, 0x3f8u32).unwrap();
-    a.out(dx, al).unwrap();
-    payload::power_off(&mut a).unwrap();
-    a.set_label(&mut bad).unwrap();
-    print_char(&mut a, b'?');
-    payload::power_off(&mut a).unwrap();
+    print_count_and_power_off(&mut a, byte_ptr(rbx + 0x1e8), &mut bad);
     let load = 0x20_0000;
     let code = a.assemble(load).unwrap();
     let text = boot_for_real("tiny64", &tiny_elf(load, &code, None));
@@ -478,15 +484,7 @@ fn a_tiny_elf_kernel_boots_at_its_pvh_entry_with_start_info_in_ebx() {
     a.jnz(bad).unwrap();
     a.mov(esi, dword_ptr(ebx + 0x18)).unwrap();
     print_string(&mut a, 32);
-    print_char(&mut a, b' ');
-    a.mov(al, byte_ptr(ebx + 0x30)).unwrap();
-    a.add(al, b'0' as i32).unwrap();
-    a.mov(dx, 0x3f8u32).unwrap();
-    a.out(dx, al).unwrap();
-    payload::power_off(&mut a).unwrap();
-    a.set_label(&mut bad).unwrap();
-    print_char(&mut a, b'?');
-    payload::power_off(&mut a).unwrap();
+    print_count_and_power_off(&mut a, byte_ptr(ebx + 0x30), &mut bad);
     // The 64-bit entry (e_entry) is unused; PVH enters 0x100 bytes in.
     let load = 0x20_0000u64;
     let mut code = vec![0xf4u8; 0x100];

@@ -89,6 +89,32 @@ fn segment(selector: u16, base: u64, limit: u32, type_: u8, l: u8, db: u8, g: u8
     }
 }
 
+/// Write a GDT of null, `code` and a flat data descriptor at [`GDT_ADDR`]
+/// and load CS (64-bit when `long`) and the data segments from it.
+fn load_flat_gdt(
+    write: &impl Fn(u64, &[u8]) -> Result<(), RuntimeError>,
+    sregs: &mut kvm_sregs,
+    code: u64,
+    long: bool,
+) -> Result<(), RuntimeError> {
+    let gdt: [u64; 3] = [0, code, 0x00cf_9300_0000_ffff];
+    let bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
+    write(GDT_ADDR, &bytes)?;
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (bytes.len() - 1) as u16;
+    // KVM takes the byte-granular limit: 4 GiB - 1, not 0xfffff pages (a
+    // 32-bit guest faults on its first fetch otherwise).
+    let (l, db) = if long { (1, 0) } else { (0, 1) };
+    sregs.cs = segment(0x8, 0, 0xffff_ffff, 0xb, l, db, 1);
+    let data = segment(0x10, 0, 0xffff_ffff, 0x3, 0, 1, 1);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    Ok(())
+}
+
 /// Apply `boot` to the given register sets, writing long-mode tables into
 /// `mem` when needed.
 pub fn apply(
@@ -125,9 +151,7 @@ pub fn apply(
         }
         BootState::LongMode { rip, rsp } => {
             // GDT: null, 64-bit code, data.
-            let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-            let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
-            write(GDT_ADDR, &gdt_bytes)?;
+            load_flat_gdt(&write, sregs, 0x00af_9b00_0000_ffff, true)?;
             write(PML4_ADDR, &(PDPT_ADDR | 0x3).to_le_bytes())?;
             let mut pdpt = Vec::with_capacity(32);
             for i in 0..4u64 {
@@ -140,15 +164,6 @@ pub fn apply(
                 pd.extend_from_slice(&((i << 21) | 0x83).to_le_bytes());
             }
             write(PD_ADDR, &pd)?;
-            sregs.gdt.base = GDT_ADDR;
-            sregs.gdt.limit = (gdt_bytes.len() - 1) as u16;
-            sregs.cs = segment(0x8, 0, 0xfffff, 0xb, 1, 0, 1);
-            let data = segment(0x10, 0, 0xfffff, 0x3, 0, 1, 1);
-            sregs.ds = data;
-            sregs.es = data;
-            sregs.fs = data;
-            sregs.gs = data;
-            sregs.ss = data;
             sregs.cr3 = PML4_ADDR;
             sregs.cr4 |= CR4_PAE;
             sregs.cr0 |= CR0_PE | CR0_PG | CR0_ET;
@@ -166,20 +181,7 @@ pub fn apply(
         }
         BootState::Pvh { eip, start_info } => {
             // GDT: null, 32-bit flat code, flat data (PVH's required state).
-            let gdt: [u64; 3] = [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-            let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
-            write(GDT_ADDR, &gdt_bytes)?;
-            sregs.gdt.base = GDT_ADDR;
-            sregs.gdt.limit = (gdt_bytes.len() - 1) as u16;
-            // KVM takes the byte-granular limit: 4 GiB - 1, not 0xfffff
-            // pages (a 32-bit guest faults on its first fetch otherwise).
-            sregs.cs = segment(0x8, 0, 0xffff_ffff, 0xb, 0, 1, 1);
-            let data = segment(0x10, 0, 0xffff_ffff, 0x3, 0, 1, 1);
-            sregs.ds = data;
-            sregs.es = data;
-            sregs.fs = data;
-            sregs.gs = data;
-            sregs.ss = data;
+            load_flat_gdt(&write, sregs, 0x00cf_9b00_0000_ffff, false)?;
             sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
             sregs.cr4 = 0;
             sregs.efer = 0;
