@@ -22,3 +22,4 @@ pub mod fw_cfg;
 pub mod linux;
 pub mod ovmf;
 pub mod pxe;
+pub mod smbios;
