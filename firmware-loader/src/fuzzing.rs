@@ -39,3 +39,12 @@ pub fn tftp_request(data: &[u8]) {
             .all(|c| matches!(c, std::path::Component::Normal(_))));
     }
 }
+
+/// Parse `data` as `etc/table-loader`. Invariant: accepted commands encode
+/// back to bytes that decode to the same commands.
+pub fn table_loader(data: &[u8]) {
+    use crate::acpi_loader::{decode, encode};
+    let Ok(commands) = decode(data) else { return };
+    let again: Vec<u8> = commands.iter().flat_map(encode).collect();
+    assert_eq!(decode(&again).ok(), Some(commands));
+}

@@ -15,11 +15,14 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub mod acpi_loader;
+pub mod boot_chain;
 pub mod boot_order;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod fw_cfg;
 pub mod linux;
+pub mod netboot;
 pub mod ovmf;
 pub mod pxe;
 pub mod smbios;

@@ -50,3 +50,39 @@ fn firmware_volume_seeds_reach_the_deep_paths() {
         .variables
         .is_empty());
 }
+
+#[test]
+fn table_loader_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "table_loader",
+        6,
+        virtkit_firmware_loader::fuzzing::table_loader,
+    );
+}
+
+/// The `virtkit-q35` seed is the loader virtkit makes for a 2-vCPU VM;
+/// `VIRTKIT_WRITE_SEEDS=1` rewrites it when the tables change.
+#[test]
+fn table_loader_seed_is_the_current_loader() {
+    use virtkit_devices::acpi::tables::{AcpiConfig, AcpiTables};
+    let set = AcpiTables::build(&AcpiConfig {
+        topology: virtkit_core::runtime::Topology::flat(2),
+        pci: virtkit_devices::pci::PciLayout::for_memory(1 << 30),
+    });
+    let loader = virtkit_firmware_loader::acpi_loader::AcpiFiles::from_tables(&set)
+        .unwrap()
+        .loader();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus/table_loader/virtkit-q35");
+    if std::env::var_os("VIRTKIT_WRITE_SEEDS").is_some() {
+        std::fs::write(&path, &loader).unwrap();
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), loader);
+    assert_eq!(
+        virtkit_firmware_loader::acpi_loader::decode(&loader)
+            .unwrap()
+            .len(),
+        loader.len() / 128
+    );
+}
