@@ -48,3 +48,17 @@ pub fn table_loader(data: &[u8]) {
     let again: Vec<u8> = commands.iter().flat_map(encode).collect();
     assert_eq!(decode(&again).ok(), Some(commands));
 }
+
+/// Parse `data` as a PCI option ROM. Invariant: accepted images lie
+/// inside the data, back to back from offset 0.
+pub fn option_rom(data: &[u8]) {
+    let Ok(images) = crate::option_rom::parse(data) else {
+        return;
+    };
+    let mut next = 0;
+    for image in images {
+        assert_eq!(image.offset, next);
+        assert!(image.len > 0 && image.offset + image.len <= data.len());
+        next += image.len;
+    }
+}

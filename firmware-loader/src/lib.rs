@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod fw_cfg;
 pub mod linux;
 pub mod netboot;
+pub mod option_rom;
 pub mod ovmf;
 pub mod pxe;
 pub mod smbios;

@@ -86,3 +86,19 @@ fn table_loader_seed_is_the_current_loader() {
         loader.len() / 128
     );
 }
+
+#[test]
+fn option_rom_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "option_rom",
+        6,
+        virtkit_firmware_loader::fuzzing::option_rom,
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/option_rom");
+    let images = virtkit_firmware_loader::option_rom::parse(
+        &std::fs::read(dir.join("legacy-then-efi")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(images.len(), 2, "the two-image seed parses whole");
+}

@@ -19,7 +19,7 @@ mod common;
 use common::{assert_same, dir, qemu_img, run, source_raw};
 
 /// A directory with the source raw image and a default qcow2 of it.
-fn qcow2_fixture(name: &str, qcow2: &str) -> (PathBuf, PathBuf, PathBuf) {
+fn qcow2_fixture(name: &str, qcow2: &str) -> (common::TestDir, PathBuf, PathBuf) {
     let d = dir(name);
     let raw = source_raw(&d);
     let q = d.join(qcow2);

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use virtkit_core::runtime::{BusDevice, RuntimeError, SharedDevice, Vm};
 
 use super::alloc::AddressWindow;
-use super::config::{ConfigSpace, PciIds, BAR_COUNT, COMMAND_MEMORY};
+use super::config::{ConfigSpace, PciIds, BAR_COUNT, COMMAND_MEMORY, ROM_MIN_SIZE};
 use super::hotplug::{HotplugRegisters, HOTPLUG_LEN, HOTPLUG_PORT};
 use super::{
-    BarKind, BarSpec, PciAddress, PciDevice, PciError, HOST_BRIDGE_SLOT, Q35_LPC_SLOT, SLOT_COUNT,
+    BarKind, BarSpec, PciAddress, PciDevice, PciError, HOST_BRIDGE_SLOT, Q35_LPC_SLOT,
+    ROM_BAR_INDEX, SLOT_COUNT,
 };
 use crate::acpi::AcpiEvents;
 
@@ -90,6 +91,11 @@ fn decoded_ranges(config: &ConfigSpace) -> Vec<(usize, u64, u64)> {
         .iter()
         .enumerate()
         .filter_map(|(index, spec)| Some((index, config.bar_address(index)?, spec.as_ref()?.size)))
+        .chain(
+            config
+                .rom_window()
+                .map(|(base, size)| (ROM_BAR_INDEX, base, size)),
+        )
         .collect()
 }
 
@@ -243,10 +249,15 @@ impl PciBus {
                     }
                 })?,
         };
-        let (name, bars) = {
+        let (name, mut bars, rom_len) = {
             let d = lock_dev(&device);
-            (d.name().to_string(), d.bars())
+            (d.name().to_string(), d.bars(), d.rom().map(<[u8]>::len))
         };
+        // The expansion ROM is placed like a 32-bit BAR.
+        if let Some(len) = rom_len {
+            let size = (len as u64).max(ROM_MIN_SIZE).next_power_of_two();
+            bars.push((ROM_BAR_INDEX, BarSpec::memory32(size)));
+        }
         let mut placed: Vec<(BarKind, u64)> = Vec::new();
         let mut addresses = Vec::new();
         for (index, spec) in bars {
@@ -254,7 +265,7 @@ impl PciBus {
                 BarKind::Memory32 => &mut inner.low,
                 BarKind::Memory64 { .. } => &mut inner.high,
             };
-            match (index < BAR_COUNT)
+            match (index < BAR_COUNT || index == ROM_BAR_INDEX)
                 .then(|| window.allocate(spec.size))
                 .flatten()
             {
@@ -281,7 +292,11 @@ impl PciBus {
         let decoded = {
             let mut d = lock_dev(&device);
             for (index, spec, addr) in addresses {
-                d.config_mut().set_bar(index, spec, addr);
+                if index == ROM_BAR_INDEX {
+                    d.config_mut().set_rom_bar(spec.size, addr);
+                } else {
+                    d.config_mut().set_bar(index, spec, addr);
+                }
             }
             decoded_ranges(d.config())
         };
@@ -398,6 +413,18 @@ impl PciBus {
     /// route MMIO themselves); false when no enabled BAR decodes it.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.decode(addr, data.len()) {
+            Some((dev, ROM_BAR_INDEX, off)) => {
+                let d = lock_dev(&dev);
+                let rom = d.rom().unwrap_or(&[]);
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = usize::try_from(off)
+                        .ok()
+                        .and_then(|o| rom.get(o + i))
+                        .copied()
+                        .unwrap_or(0);
+                }
+                true
+            }
             Some((dev, bar, off)) => {
                 lock_dev(&dev).bar_read(bar, off, data);
                 true
@@ -412,6 +439,8 @@ impl PciBus {
     /// A guest write at guest-physical `addr` inside a BAR.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> bool {
         match self.decode(addr, data.len()) {
+            // The ROM is read-only; writes are dropped.
+            Some((_, ROM_BAR_INDEX, _)) => true,
             Some((dev, bar, off)) => {
                 lock_dev(&dev).bar_write(bar, off, data);
                 true
@@ -700,6 +729,76 @@ mod tests {
         fn removed(&mut self) {
             *self.removed.lock().unwrap() = true;
         }
+    }
+
+    /// [`Echo`] with an expansion ROM.
+    struct WithRom(Echo, Vec<u8>);
+
+    impl PciDevice for WithRom {
+        fn name(&self) -> &str {
+            "echo-rom"
+        }
+        fn bars(&self) -> Vec<(usize, BarSpec)> {
+            self.0.bars()
+        }
+        fn config(&self) -> &ConfigSpace {
+            self.0.config()
+        }
+        fn config_mut(&mut self) -> &mut ConfigSpace {
+            self.0.config_mut()
+        }
+        fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+            self.0.bar_read(bar, offset, data)
+        }
+        fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+            self.0.bar_write(bar, offset, data)
+        }
+        fn rom(&self) -> Option<&[u8]> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn expansion_rom_is_sized_enabled_and_read_only() {
+        use crate::pci::config::ROM_BAR;
+        let bus = PciBus::new(PciLayout::for_memory(1 << 30));
+        let mut rom: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        rom[..2].copy_from_slice(&[0x55, 0xaa]);
+        let device = WithRom(Echo::new(Arc::new(Mutex::new(false))), rom.clone());
+        let at = bus.add(Arc::new(Mutex::new(device))).unwrap();
+        let read32 = |offset| {
+            let mut v = [0u8; 4];
+            bus.config_read(at, offset, &mut v);
+            u32::from_le_bytes(v)
+        };
+        let placed = read32(ROM_BAR) & !1;
+        assert_ne!(placed, 0, "the bus placed the ROM");
+        assert_eq!(u64::from(placed) % 0x2000, 0, "8 KiB aligned");
+        // Sizing as firmware does: all ones, read the mask, restore.
+        bus.config_write(at, ROM_BAR, &0xffff_f800u32.to_le_bytes());
+        assert_eq!(read32(ROM_BAR), 0xffff_e000, "5000 bytes → 8 KiB");
+        bus.config_write(at, ROM_BAR, &placed.to_le_bytes());
+        bus.config_write(at, 4, &COMMAND_MEMORY.to_le_bytes());
+        let mut sig = [0u8; 2];
+        assert!(
+            !bus.mmio_read(u64::from(placed), &mut sig),
+            "not enabled yet"
+        );
+        bus.config_write(at, ROM_BAR, &(placed | 1).to_le_bytes());
+        assert!(bus.mmio_read(u64::from(placed), &mut sig));
+        assert_eq!(sig, [0x55, 0xaa]);
+        let mut tail = [0xffu8; 8];
+        assert!(bus.mmio_read(u64::from(placed) + 4996, &mut tail));
+        assert_eq!(
+            tail,
+            [rom[4996], rom[4997], rom[4998], rom[4999], 0, 0, 0, 0]
+        );
+        assert!(bus.mmio_write(u64::from(placed), &[0, 0]));
+        bus.mmio_read(u64::from(placed), &mut sig);
+        assert_eq!(sig, [0x55, 0xaa], "writes to the ROM are dropped");
+        // Memory decoding off hides the ROM too.
+        bus.config_write(at, 4, &0u16.to_le_bytes());
+        assert!(!bus.mmio_read(u64::from(placed), &mut sig));
     }
 
     fn window(bus: &PciBus, kind: Window) -> BusWindow {

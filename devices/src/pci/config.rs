@@ -19,6 +19,12 @@ const COMMAND: usize = 0x04;
 const STATUS: usize = 0x06;
 const STATUS_CAP_LIST: u8 = 1 << 4;
 const CAP_POINTER: usize = 0x34;
+/// Offset of the expansion ROM BAR.
+pub const ROM_BAR: usize = 0x30;
+/// Expansion ROM BAR bit: the ROM is decoded.
+const ROM_ENABLE: u32 = 1;
+/// Expansion ROM BARs decode at least 2 KiB (address bits 31..11).
+pub const ROM_MIN_SIZE: u64 = 0x800;
 const FIRST_CAP: usize = 0x40;
 const LEGACY_END: usize = 0x100;
 
@@ -45,6 +51,7 @@ pub struct ConfigSpace {
     bytes: Box<[u8; CONFIG_SPACE_SIZE]>,
     writable: Box<[u8; CONFIG_SPACE_SIZE]>,
     bars: [Option<BarSpec>; BAR_COUNT],
+    rom_size: Option<u64>,
     next_cap: usize,
     last_cap: Option<usize>,
 }
@@ -68,6 +75,7 @@ impl ConfigSpace {
             bytes: Box::new([0; CONFIG_SPACE_SIZE]),
             writable: Box::new([0; CONFIG_SPACE_SIZE]),
             bars: [None; BAR_COUNT],
+            rom_size: None,
             next_cap: FIRST_CAP,
             last_cap: None,
         };
@@ -103,6 +111,25 @@ impl ConfigSpace {
             self.writable[off + 4..off + 8].copy_from_slice(&((mask >> 32) as u32).to_le_bytes());
         }
         self.bars[index] = Some(BarSpec { size, ..spec });
+    }
+
+    /// Declare an expansion ROM of `size` bytes (rounded up to a power of
+    /// two, at least 2 KiB) at `address`, disabled until the guest sets
+    /// the enable bit (PCI 3.0 §6.2.5.2).
+    pub fn set_rom_bar(&mut self, size: u64, address: u64) {
+        let size = size.max(ROM_MIN_SIZE).next_power_of_two();
+        let mask = !(size - 1) as u32 & 0xffff_f800;
+        self.set_u32(ROM_BAR, address as u32 & mask);
+        self.writable[ROM_BAR..ROM_BAR + 4].copy_from_slice(&(mask | ROM_ENABLE).to_le_bytes());
+        self.rom_size = Some(size);
+    }
+
+    /// The expansion ROM's address and size while the guest has it
+    /// enabled.
+    pub fn rom_window(&self) -> Option<(u64, u64)> {
+        let size = self.rom_size?;
+        let reg = self.read_u32(ROM_BAR);
+        (reg & ROM_ENABLE != 0).then_some((u64::from(reg & 0xffff_f800), size))
     }
 
     /// Make the bytes at `offset` guest-writable by `mask` (device
@@ -261,6 +288,26 @@ mod tests {
         assert_eq!(c.read_u32(BAR0 + 4 * 5), 0, "an undeclared BAR is zero");
         c.write(BAR0 + 20, &u32::MAX.to_le_bytes());
         assert_eq!(c.read_u32(BAR0 + 20), 0, "and stays zero when sized");
+    }
+
+    #[test]
+    fn rom_bar_sizing_and_enable() {
+        let mut c = ConfigSpace::new(ids());
+        c.write(ROM_BAR, &u32::MAX.to_le_bytes());
+        assert_eq!(c.read_u32(ROM_BAR), 0, "no ROM: the BAR is hardwired to 0");
+        c.set_rom_bar(75_776, 0xc004_0000);
+        assert_eq!(c.rom_window(), None, "disabled at reset");
+        c.write(ROM_BAR, &0xffff_f800u32.to_le_bytes());
+        assert_eq!(
+            c.read_u32(ROM_BAR),
+            0xfffe_0000,
+            "128 KiB decoder, enable bit clear"
+        );
+        c.write(ROM_BAR, &0xc004_0001u32.to_le_bytes());
+        assert_eq!(c.rom_window(), Some((0xc004_0000, 0x2_0000)));
+        c.set_rom_bar(100, 0);
+        c.write(ROM_BAR, &u32::MAX.to_le_bytes());
+        assert_eq!(c.read_u32(ROM_BAR), 0xffff_f801, "at least 2 KiB");
     }
 
     #[test]

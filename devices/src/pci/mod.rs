@@ -87,6 +87,10 @@ impl fmt::Display for PciAddress {
     }
 }
 
+/// The BAR index the bus uses for the expansion ROM in
+/// [`PciDevice::bar_read`]-style routing (as Linux numbers it).
+pub const ROM_BAR_INDEX: usize = 6;
+
 /// A PCI function the root bus can hold. The bus reads and writes its
 /// configuration space and forwards accesses that fall into its BARs.
 pub trait PciDevice: Send {
@@ -105,6 +109,11 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// Guest write inside BAR `bar` at `offset`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// The expansion ROM image (an option ROM such as iPXE's), which the
+    /// bus places behind the ROM BAR and serves read-only.
+    fn rom(&self) -> Option<&[u8]> {
+        None
+    }
     /// The device leaves the bus (hot-unplug or VM teardown): stop
     /// workers and release host resources.
     fn removed(&mut self) {}

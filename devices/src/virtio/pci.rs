@@ -93,6 +93,7 @@ pub struct VirtioPciDevice {
     queue_select: u16,
     config_generation: u8,
     active: bool,
+    rom: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for VirtioPciDevice {
@@ -197,7 +198,16 @@ impl VirtioPciDevice {
             queue_select: 0,
             config_generation: 0,
             active: false,
+            rom: None,
         })
+    }
+
+    /// Give the function an expansion ROM (an option ROM such as iPXE's
+    /// `efi-virtio.rom`), served behind its ROM BAR. Set it before the
+    /// device is added to the bus, which places the BAR.
+    pub fn with_rom(mut self, rom: Vec<u8>) -> Self {
+        self.rom = Some(rom);
+        self
     }
 
     /// The device status byte the driver last set.
@@ -522,6 +532,10 @@ impl PciDevice for VirtioPciDevice {
                 .write_table(o - MSIX_TABLE_OFFSET, data),
             _ => {}
         }
+    }
+
+    fn rom(&self) -> Option<&[u8]> {
+        self.rom.as_deref()
     }
 
     fn removed(&mut self) {

@@ -30,12 +30,36 @@ pub fn qemu_img() -> bool {
     have("qemu-img", "qemu-utils")
 }
 
+/// A fresh directory for one test, removed with everything in it when
+/// the test ends (pass or fail), so that runs do not pile up images in
+/// the temporary directory.
+pub struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TestDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh directory for one test.
-pub fn dir(name: &str) -> PathBuf {
+pub fn dir(name: &str) -> TestDir {
     let d = std::env::temp_dir().join(format!("virtkit-storage-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TestDir(d)
 }
 
 /// Run qemu-img, which must succeed.
