@@ -4,11 +4,14 @@
 //!
 //! **Status: partial** (issue 7). Done: [`fw_cfg`] (selector, data and DMA
 //! interfaces, file directory, `etc/e820`, firmware-driven kernel/initrd/
-//! cmdline items), [`boot_order`] (the `bootorder` file), [`linux`] (direct
-//! boot of bzImage and ELF kernels, PVH), [`ovmf`] (firmware descriptors,
-//! volume checks, per-VM VARS, CFI flash) and [`pxe`] (DHCP boot options and
-//! a TFTP server). Not yet: SMBIOS, the ACPI table-loader files, the iPXE
-//! ROM BAR — see `docs/SPEC-COVERAGE.md`.
+//! cmdline items), [`smbios`] and [`acpi_loader`] (their fw_cfg files),
+//! [`boot_order`] (the `bootorder` file), [`linux`] (direct boot of bzImage
+//! and ELF kernels, PVH), [`ovmf`] (firmware descriptors, volume checks,
+//! per-VM VARS, CFI flash), [`pxe`] (DHCP boot options and a TFTP server),
+//! [`netboot`] and [`boot_chain`] (network boot done by the VMM, then the
+//! disk) and [`option_rom`] (NIC option ROMs for the ROM BAR). Not yet: the
+//! virtio-net device that carries the iPXE ROM — see
+//! `docs/SPEC-COVERAGE.md`.
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]
