@@ -42,6 +42,22 @@ fn error(code: u16, text: &str) -> Vec<u8> {
     p
 }
 
+/// Abort the transfer with TFTP error 3 (allocation exceeded) sent to
+/// `to` (MAC, address, port), and say why.
+fn too_large<L: FrameLink>(
+    link: &mut Ipv4Link<L>,
+    to: ([u8; 6], Ipv4Addr, u16),
+    file: &str,
+    max: usize,
+) -> NetbootError {
+    // Best effort: the server times out on its own if this is lost.
+    let _ = link.send_udp(to.0, to.1, CLIENT_PORT, to.2, &error(3, "file too large"));
+    NetbootError::TooLarge {
+        file: file.into(),
+        max,
+    }
+}
+
 /// Options an OACK carries, as name/value pairs.
 fn oack_options(body: &[u8]) -> Vec<(String, String)> {
     let fields: Vec<String> = body
@@ -106,17 +122,8 @@ pub fn fetch<L: FrameLink>(
                             blksize = b
                         }
                         ("tsize", Ok(t)) if t > max_len => {
-                            let _ = link.send_udp(
-                                next_hop_mac,
-                                server,
-                                CLIENT_PORT,
-                                server_port,
-                                &error(3, "file too large"),
-                            );
-                            return Err(NetbootError::TooLarge {
-                                file: file.into(),
-                                max: max_len,
-                            });
+                            let to = (next_hop_mac, server, server_port);
+                            return Err(too_large(link, to, file, max_len));
                         }
                         _ => {}
                     }
@@ -127,17 +134,8 @@ pub fn fetch<L: FrameLink>(
             DATA if arg == expected => {
                 let data = &d.payload[4..];
                 if out.len() + data.len() > max_len {
-                    let _ = link.send_udp(
-                        next_hop_mac,
-                        server,
-                        CLIENT_PORT,
-                        server_port,
-                        &error(3, "file too large"),
-                    );
-                    return Err(NetbootError::TooLarge {
-                        file: file.into(),
-                        max: max_len,
-                    });
+                    let to = (next_hop_mac, server, server_port);
+                    return Err(too_large(link, to, file, max_len));
                 }
                 out.extend_from_slice(data);
                 last = ack(arg);
