@@ -73,6 +73,8 @@ fn temp_file(name: &str, bytes: &[u8]) -> (PathBuf, File) {
         .write_all(bytes)
         .unwrap();
     let f = File::open(&path).unwrap();
+    // The open file is all the loader needs; nothing is left behind.
+    std::fs::remove_file(&path).unwrap();
     (path, f)
 }
 
@@ -312,7 +314,7 @@ fn debian_vmlinux_boots_through_its_pvh_note() {
     }
 
     // Without PVH the same ELF starts at e_entry in long mode.
-    let mut kernel = File::open(&_p).unwrap();
+    std::io::Seek::rewind(&mut kernel).unwrap();
     let loaded = load_linux(
         &mem,
         &ram,

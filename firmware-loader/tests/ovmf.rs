@@ -21,11 +21,27 @@ use virtkit_firmware_loader::ovmf::{efi_request, prepare, select, OvmfError};
 
 const DEBIAN_DESCRIPTORS: &str = "/usr/share/qemu/firmware";
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A test's directory, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("virtkit-ovmf-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 fn debian_ovmf() -> &'static Path {
@@ -251,7 +267,8 @@ fn secure_boot_without_host_smm_fails_before_any_vcpu() {
         return;
     }
     let sb = select(debian_ovmf(), &request(true, true)).unwrap();
-    let fw = prepare(&sb, &temp_dir("smm").join("sb.vars"), false).unwrap();
+    let smm_dir = temp_dir("smm");
+    let fw = prepare(&sb, &smm_dir.join("sb.vars"), false).unwrap();
     let builder = VmBuilder::new(VmConfig {
         name: "secure-boot".into(),
         vcpus: 1,
