@@ -79,20 +79,6 @@ enum DiskBootError {
     NoSignature([u8; 2]),
 }
 
-impl<T: FrameLink + ?Sized> FrameLink for &mut T {
-    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        (**self).send(frame)
-    }
-
-    fn recv(
-        &mut self,
-        buf: &mut [u8],
-        deadline: std::time::Instant,
-    ) -> std::io::Result<Option<usize>> {
-        (**self).recv(buf, deadline)
-    }
-}
-
 /// Try `candidates` in order; the first boot program found wins. `report`
 /// gets every step, including the failed ones.
 pub fn choose(

@@ -214,6 +214,8 @@ pub fn uuid_wire_bytes(uuid: &Uuid) -> [u8; 16] {
 pub struct SmbiosTables {
     /// The structure table, end marker included.
     pub tables: Vec<u8>,
+    /// The system UUID in type 1 (also fw_cfg's UUID item).
+    pub uuid: Uuid,
     /// How many structures.
     pub count: u16,
     /// The longest structure, strings included.
@@ -522,6 +524,7 @@ impl SmbiosTables {
         }
         Ok(SmbiosTables {
             tables: out,
+            uuid: config.uuid,
             count,
             max_structure: max.min(u16::MAX as usize) as u16,
             entry_point: config.entry_point,
@@ -564,10 +567,10 @@ impl SmbiosTables {
 
     /// Add the anchor and table files to `fw_cfg`, and the UUID item
     /// (RFC 4122 byte order) that SeaBIOS also reads.
-    pub fn add_to(&self, fw_cfg: &mut FwCfg, uuid: &Uuid) -> Result<(), FwCfgError> {
+    pub fn add_to(&self, fw_cfg: &mut FwCfg) -> Result<(), FwCfgError> {
         fw_cfg.add_file(ANCHOR_FILE, self.anchor_at(0))?;
         fw_cfg.add_file(TABLES_FILE, self.tables.clone())?;
-        fw_cfg.set_item(crate::fw_cfg::KEY_UUID, uuid.as_bytes().to_vec());
+        fw_cfg.set_item(crate::fw_cfg::KEY_UUID, self.uuid.as_bytes().to_vec());
         Ok(())
     }
 

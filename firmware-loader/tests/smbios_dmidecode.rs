@@ -150,7 +150,7 @@ fn the_fw_cfg_files_are_what_a_firmware_installs() {
     let config = config();
     let tables = SmbiosTables::build(&config).unwrap();
     let mut fw_cfg = FwCfg::new(create(1 << 20).unwrap());
-    tables.add_to(&mut fw_cfg, &config.uuid).unwrap();
+    tables.add_to(&mut fw_cfg).unwrap();
     assert_eq!(fw_cfg.file(TABLES_FILE).unwrap(), tables.tables);
     let anchor = fw_cfg.file(ANCHOR_FILE).unwrap().to_vec();
     assert_eq!(&anchor[..5], b"_SM3_");

@@ -25,6 +25,16 @@ pub trait FrameLink: Send {
     fn recv(&mut self, buf: &mut [u8], deadline: Instant) -> std::io::Result<Option<usize>>;
 }
 
+impl<T: FrameLink + ?Sized> FrameLink for &mut T {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        (**self).send(frame)
+    }
+
+    fn recv(&mut self, buf: &mut [u8], deadline: Instant) -> std::io::Result<Option<usize>> {
+        (**self).recv(buf, deadline)
+    }
+}
+
 /// A tap opened without a virtio-net header: each read or write is one
 /// frame.
 #[derive(Debug)]
@@ -167,26 +177,32 @@ impl<L: FrameLink> Ipv4Link<L> {
         self.link.send(&frame)
     }
 
+    /// The next frame until `deadline`, handled by [`Self::inspect`]:
+    /// `None` when the deadline passes, `Some(None)` for a frame that
+    /// carried nothing for the caller.
+    fn next_event(
+        &mut self,
+        port: Option<u16>,
+        deadline: Instant,
+    ) -> std::io::Result<Option<Option<Event>>> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let event = match self.link.recv(&mut buf, deadline) {
+            Ok(Some(n)) => self.inspect(&buf[..n], port).map(Some),
+            other => other.map(|_| None),
+        };
+        self.buf = buf;
+        event
+    }
+
     /// Wait until `deadline` for a UDP datagram to `port`, answering ARP
     /// requests for our address meanwhile. Other traffic is dropped.
     pub fn recv_udp(&mut self, port: u16, deadline: Instant) -> std::io::Result<Option<Datagram>> {
-        loop {
-            let mut buf = std::mem::take(&mut self.buf);
-            let got = self.link.recv(&mut buf, deadline);
-            let n = match got {
-                Ok(Some(n)) => n,
-                other => {
-                    self.buf = buf;
-                    return other.map(|_| None);
-                }
-            };
-            let event = self.inspect(&buf[..n], Some(port));
-            self.buf = buf;
-            match event? {
-                Some(Event::Udp(d)) => return Ok(Some(d)),
-                Some(Event::Neighbour(..)) | None => {}
+        while let Some(event) = self.next_event(Some(port), deadline)? {
+            if let Some(Event::Udp(d)) = event {
+                return Ok(Some(d));
             }
         }
+        Ok(None)
     }
 
     /// The MAC of `ip`, asked by ARP (three tries within `deadline`).
@@ -199,23 +215,8 @@ impl<L: FrameLink> Ipv4Link<L> {
         for attempt in 1..=3u32 {
             self.send_arp(ArpOperation::REQUEST, [0; 6], ip)?;
             let until = (start + step * attempt).min(deadline);
-            loop {
-                let mut buf = std::mem::take(&mut self.buf);
-                let got = self.link.recv(&mut buf, until);
-                let n = match got {
-                    Ok(Some(n)) => n,
-                    Ok(None) => {
-                        self.buf = buf;
-                        break;
-                    }
-                    Err(e) => {
-                        self.buf = buf;
-                        return Err(e);
-                    }
-                };
-                let event = self.inspect(&buf[..n], None);
-                self.buf = buf;
-                if let Some(Event::Neighbour(a, mac)) = event? {
+            while let Some(event) = self.next_event(None, until)? {
+                if let Some(Event::Neighbour(a, mac)) = event {
                     if a == ip {
                         return Ok(Some(mac));
                     }
