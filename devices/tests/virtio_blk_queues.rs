@@ -340,3 +340,27 @@ fn read_only_disk_refuses_writes() {
     assert_eq!(d.request(0, 1, Some((&[0u8; 512], true))), (0, 513));
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+#[test]
+fn with_event_idx_the_device_publishes_where_the_driver_must_kick_next() {
+    // A Linux driver with EVENT_IDX kicks only when its avail index
+    // passes `avail_event` (after the used ring); a device that never
+    // writes it gets one kick and then silence.
+    let mem = memory::create(4 << 20).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = disk(&dir, 4);
+    let mut d = Driver {
+        dev: transport(&mem, &path, false, Arc::new(Msis::default())),
+        queue: MockSplitQueue::create(&mem, GuestAddress(0x1000), QUEUE_SIZE),
+        mem: &mem,
+        next_desc: 0,
+        requests: 0,
+    };
+    assert!(d.init(VIRTIO_F_VERSION_1 | virtkit_devices::virtio::VIRTIO_F_RING_EVENT_IDX));
+    let avail_event = d.queue.used_addr().0 + 4 + 8 * u64::from(QUEUE_SIZE);
+    for n in 1..=3u16 {
+        assert_eq!(d.request(0, 1, Some((&[0u8; 512], true))), (0, 513));
+        let published: u16 = mem.read_obj(GuestAddress(avail_event)).unwrap();
+        assert_eq!(published, n, "avail_event after request {n}");
+    }
+}

@@ -139,14 +139,30 @@ impl ActiveQueues {
             return;
         }
         let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(memory) {
-            let head = chain.head_index();
-            let written = serve(memory, chain);
-            if let Err(e) = queue.add_used(memory, head, written) {
-                log::warn!("virtio-{device}: could not return descriptor {head}: {e}");
-                break;
+        // With EVENT_IDX the driver kicks only when its avail index passes
+        // the `avail_event` we publish, so publish it (enable_notification)
+        // after draining, and drain again if chains slipped in meanwhile.
+        'drain: loop {
+            if let Err(e) = queue.disable_notification(memory) {
+                log::warn!("virtio-{device}: queue {index}: {e}");
             }
-            used_any = true;
+            while let Some(chain) = queue.pop_descriptor_chain(memory) {
+                let head = chain.head_index();
+                let written = serve(memory, chain);
+                if let Err(e) = queue.add_used(memory, head, written) {
+                    log::warn!("virtio-{device}: could not return descriptor {head}: {e}");
+                    break 'drain;
+                }
+                used_any = true;
+            }
+            match queue.enable_notification(memory) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("virtio-{device}: queue {index}: {e}");
+                    break;
+                }
+            }
         }
         if used_any && queue.needs_notification(memory).unwrap_or(true) {
             self.interrupt.queue(index);
