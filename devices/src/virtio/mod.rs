@@ -4,6 +4,7 @@
 //! driver sets DRIVER_OK.
 
 pub mod block;
+pub mod net;
 pub mod pci;
 pub mod scsi;
 
@@ -121,52 +122,63 @@ impl ActiveQueues {
         })
     }
 
-    /// Serve every available chain of queue `index` with `serve`, which
-    /// returns the bytes it wrote into the chain; return each to the
-    /// driver and interrupt once if the driver asked to be told.
+    /// Serve every available chain of queue `index` with `serve`; see
+    /// [`serve_queue`].
     pub(crate) fn serve(
         &mut self,
         index: u16,
         device: &str,
-        mut serve: impl FnMut(&GuestMem, virtio_queue::DescriptorChain<&GuestMem>) -> u32,
+        serve: impl FnMut(&GuestMem, virtio_queue::DescriptorChain<&GuestMem>) -> u32,
     ) {
-        use virtio_queue::QueueT;
-        let memory = &self.memory;
-        let Some(queue) = self.queues.get_mut(usize::from(index)) else {
-            return;
-        };
-        if !queue.ready() {
-            return;
+        if let Some(queue) = self.queues.get_mut(usize::from(index)) {
+            serve_queue(queue, &self.memory, &*self.interrupt, index, device, serve);
         }
-        let mut used_any = false;
-        // With EVENT_IDX the driver kicks only when its avail index passes
-        // the `avail_event` we publish, so publish it (enable_notification)
-        // after draining, and drain again if chains slipped in meanwhile.
-        'drain: loop {
-            if let Err(e) = queue.disable_notification(memory) {
+    }
+}
+
+/// Serve every available chain of `queue` (number `index`) with `serve`,
+/// which returns the bytes it wrote into the chain; return each to the
+/// driver and interrupt once if the driver asked to be told.
+pub(crate) fn serve_queue(
+    queue: &mut Queue,
+    memory: &GuestMem,
+    interrupt: &dyn VirtioInterrupt,
+    index: u16,
+    device: &str,
+    mut serve: impl FnMut(&GuestMem, virtio_queue::DescriptorChain<&GuestMem>) -> u32,
+) {
+    use virtio_queue::QueueT;
+    if !queue.ready() {
+        return;
+    }
+    let mut used_any = false;
+    // With EVENT_IDX the driver kicks only when its avail index passes
+    // the `avail_event` we publish, so publish it (enable_notification)
+    // after draining, and drain again if chains slipped in meanwhile.
+    'drain: loop {
+        if let Err(e) = queue.disable_notification(memory) {
+            log::warn!("virtio-{device}: queue {index}: {e}");
+        }
+        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            let head = chain.head_index();
+            let written = serve(memory, chain);
+            if let Err(e) = queue.add_used(memory, head, written) {
+                log::warn!("virtio-{device}: could not return descriptor {head}: {e}");
+                break 'drain;
+            }
+            used_any = true;
+        }
+        match queue.enable_notification(memory) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
                 log::warn!("virtio-{device}: queue {index}: {e}");
-            }
-            while let Some(chain) = queue.pop_descriptor_chain(memory) {
-                let head = chain.head_index();
-                let written = serve(memory, chain);
-                if let Err(e) = queue.add_used(memory, head, written) {
-                    log::warn!("virtio-{device}: could not return descriptor {head}: {e}");
-                    break 'drain;
-                }
-                used_any = true;
-            }
-            match queue.enable_notification(memory) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("virtio-{device}: queue {index}: {e}");
-                    break;
-                }
+                break;
             }
         }
-        if used_any && queue.needs_notification(memory).unwrap_or(true) {
-            self.interrupt.queue(index);
-        }
+    }
+    if used_any && queue.needs_notification(memory).unwrap_or(true) {
+        interrupt.queue(index);
     }
 }
 
