@@ -1,6 +1,7 @@
 //! Tap devices through `/dev/net/tun`. No crate covers creating a
 //! persistent tap and attaching to one by name with the flags a VMM needs
 //! (rtnetlink cannot create taps), so these are two ioctls by hand.
+//! [`open_backends`] hands the tap to a virtio-net device.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -69,4 +70,20 @@ pub fn persist(f: &File) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Open tap `name` (creating it if absent) for a virtio-net device with
+/// `queue_pairs` pairs: one [`TapBackend`] per pair, multi-queue when
+/// there is more than one (KubeVirt's `networkInterfaceMultiqueue`).
+pub fn open_backends(
+    name: &str,
+    queue_pairs: usize,
+) -> std::io::Result<Vec<std::sync::Arc<dyn virtkit_devices::virtio::net::NetBackend>>> {
+    use virtkit_devices::virtio::net::{NetBackend, TapBackend};
+    (0..queue_pairs.max(1))
+        .map(|_| {
+            let backend = TapBackend::new(open(name, true, queue_pairs > 1)?)?;
+            Ok(std::sync::Arc::new(backend) as std::sync::Arc<dyn NetBackend>)
+        })
+        .collect()
 }
