@@ -1,12 +1,17 @@
-//! Debian's iPXE ROMs for virtio-net checked and exposed behind a PCI
-//! function's ROM BAR, read back the way firmware reads them; damaged
-//! ROMs and ROMs for another device are refused.
+//! Debian's iPXE ROMs for virtio-net checked and exposed behind a
+//! virtio-net function's ROM BAR, read back the way firmware reads them;
+//! damaged ROMs and ROMs for another device are refused.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 
-use virtkit_devices::pci::config::{ConfigSpace, PciIds, COMMAND_MEMORY, ROM_BAR};
-use virtkit_devices::pci::{BarSpec, PciBus, PciDevice, PciLayout};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixDatagram;
+
+use virtkit_devices::pci::config::{COMMAND_MEMORY, ROM_BAR};
+use virtkit_devices::pci::{MsiSink, PciBus, PciDevice, PciLayout};
+use virtkit_devices::virtio::net::{NetBackend, NetConfig, VirtioNet};
+use virtkit_devices::virtio::pci::VirtioPciDevice;
 use virtkit_firmware_loader::option_rom::{parse, CodeType, OptionRom, RomError, IPXE_VIRTIO_ROM};
 
 const VIRTIO_NET: (u16, u16) = (0x1af4, 0x1041);
@@ -64,49 +69,43 @@ fn roms_for_other_devices_or_damaged_are_refused() {
     ));
 }
 
-/// A bare virtio-net-like function carrying the ROM.
-struct Nic {
-    config: ConfigSpace,
-    rom: Vec<u8>,
+/// A backend that carries no traffic: this test only reads the ROM.
+struct Unplugged(UnixDatagram);
+
+impl NetBackend for Unplugged {
+    fn send(&self, _frame: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn receive(&self, _buf: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+    fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
-impl PciDevice for Nic {
-    fn name(&self) -> &str {
-        "nic"
-    }
-    fn bars(&self) -> Vec<(usize, BarSpec)> {
-        vec![(0, BarSpec::memory32(0x1000))]
-    }
-    fn config(&self) -> &ConfigSpace {
-        &self.config
-    }
-    fn config_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
-    }
-    fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
-    fn rom(&self) -> Option<&[u8]> {
-        Some(&self.rom)
-    }
+struct NoMsi;
+impl MsiSink for NoMsi {
+    fn send(&self, _address: u64, _data: u32) {}
 }
 
 #[test]
-fn firmware_reads_the_rom_through_the_rom_bar() {
-    let rom = OptionRom::from_bytes(ipxe(), VIRTIO_NET.0, VIRTIO_NET.1).unwrap();
+fn firmware_reads_the_rom_through_the_virtio_net_rom_bar() {
     let bus = PciBus::new(PciLayout::for_memory(1 << 30));
-    let nic = Nic {
-        config: ConfigSpace::new(PciIds {
-            vendor: VIRTIO_NET.0,
-            device: VIRTIO_NET.1,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x1100,
-            class: [0x02, 0x00, 0x00],
-            revision: 1,
-        }),
-        rom: rom.bytes.clone(),
-    };
+    let (socket, _peer) = UnixDatagram::pair().unwrap();
+    let net = VirtioNet::new(
+        NetConfig::new([0xde, 0, 0, 0, 0, 0xde]),
+        vec![Arc::new(Unplugged(socket))],
+    )
+    .unwrap();
+    let memory = virtkit_core::runtime::memory::create(16 << 20).unwrap();
+    let function = VirtioPciDevice::new(Box::new(net), memory, Arc::new(NoMsi)).unwrap();
+    // The ROM is checked against the IDs the function itself presents.
+    let ids = function.config().read_u32(0);
+    let (vendor, device) = (ids as u16, (ids >> 16) as u16);
+    assert_eq!((vendor, device), VIRTIO_NET);
+    let rom = OptionRom::from_bytes(ipxe(), vendor, device).unwrap();
+    let nic = function.with_rom(rom.bytes.clone());
     let at = bus.add(Arc::new(Mutex::new(nic))).unwrap();
     let mut reg = [0u8; 4];
     bus.config_write(at, ROM_BAR, &0xffff_f800u32.to_le_bytes());
