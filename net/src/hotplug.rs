@@ -34,7 +34,9 @@ pub enum HotplugError {
         action: &'static str,
     },
     /// SR-IOV interfaces stay until the VM stops (NET-12).
-    #[error("interface {name}: SR-IOV interfaces cannot be hot-unplugged; stop the VM to remove it")]
+    #[error(
+        "interface {name}: SR-IOV interfaces cannot be hot-unplugged; stop the VM to remove it"
+    )]
     SriovUnplug {
         /// Interface name.
         name: String,
@@ -151,7 +153,11 @@ impl Nics {
 
     /// Record an SR-IOV NIC that the embedder placed at `address` as an
     /// assigned host function, so that its unplug is refused by name.
-    pub fn record_assigned(&mut self, plan: &NicPlan, address: PciAddress) -> Result<(), HotplugError> {
+    pub fn record_assigned(
+        &mut self,
+        plan: &NicPlan,
+        address: PciAddress,
+    ) -> Result<(), HotplugError> {
         self.check_new(plan)?;
         self.attached.insert(
             plan.name.clone(),
@@ -241,18 +247,19 @@ impl Nics {
         if !plan.is_emulated() {
             return Err(HotplugError::NotEmulated { name });
         }
-        let net = VirtioNet::new(plan.net_config(), backends).map_err(|source| {
-            HotplugError::Device {
-                name: name.clone(),
-                source,
-            }
-        })?;
-        let counters = net.counters();
-        let mut function = VirtioPciDevice::new(Box::new(net), self.memory.clone(), self.msi.clone())
-            .map_err(|source| HotplugError::Transport {
+        let net =
+            VirtioNet::new(plan.net_config(), backends).map_err(|source| HotplugError::Device {
                 name: name.clone(),
                 source,
             })?;
+        let counters = net.counters();
+        let mut function =
+            VirtioPciDevice::new(Box::new(net), self.memory.clone(), self.msi.clone()).map_err(
+                |source| HotplugError::Transport {
+                    name: name.clone(),
+                    source,
+                },
+            )?;
         if let Some(rom) = rom {
             function = function.with_rom(rom);
         }

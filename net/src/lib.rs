@@ -21,8 +21,8 @@ pub mod mac;
 pub mod masquerade;
 pub mod migration_net;
 pub mod netns;
-pub mod nic;
 mod nft;
+pub mod nic;
 mod responder;
 pub mod sriov;
 mod state;
@@ -37,9 +37,11 @@ pub use dhcp6::{Dhcp6Config, Dhcp6Error, Dhcp6Server, Lease6};
 pub use hotplug::{AttachedNic, HotplugError, Nics, HOTPLUG_INTERFACE_LIMIT};
 pub use mac::{namespace_managed, MacAddr, MacPool, MacPoolError, MacRange};
 pub use masquerade::{Masquerade, MasqueradeConfig, MasqueradeError, PortForward, Protocol};
-pub use nic::{plan_nics, NicBinding, NicError, NicPlan};
 pub use migration_net::{bind_address as migration_bind_address, MigrationNetworkError};
-pub use status::{interface_status, parse_guest_agent_interfaces, GuestAgentInterface, KnownAddresses};
+pub use nic::{plan_nics, NicBinding, NicError, NicPlan};
 pub use sriov::{
     PhysicalFunction, SriovError, Sysfs, VfAllocator, VfLink, VfSettings, VirtualFunction,
+};
+pub use status::{
+    interface_status, parse_guest_agent_interfaces, GuestAgentInterface, KnownAddresses,
 };

@@ -278,15 +278,18 @@ impl NicPlan {
         let NicBinding::Masquerade { vm_cidr, vm_cidr6 } = &self.binding else {
             return Err(field(
                 &self.path,
-                format!("a {} interface has no masquerade binding", self.binding.kind()),
+                format!(
+                    "a {} interface has no masquerade binding",
+                    self.binding.kind()
+                ),
             ));
         };
         let mut cfg = MasqueradeConfig::new(tag, self.mac);
         let network = format!("spec.networks[name={}].pod", self.name);
         if let Some(text) = vm_cidr {
-            let net: Ipv4Net = text.parse().map_err(|e| {
-                field(format!("{network}.vmNetworkCIDR"), format!("{text:?}: {e}"))
-            })?;
+            let net: Ipv4Net = text
+                .parse()
+                .map_err(|e| field(format!("{network}.vmNetworkCIDR"), format!("{text:?}: {e}")))?;
             if net.prefix_len() > 30 || net.network() == Ipv4Addr::UNSPECIFIED {
                 return Err(field(
                     format!("{network}.vmNetworkCIDR"),
@@ -297,7 +300,10 @@ impl NicPlan {
         }
         if let Some(text) = vm_cidr6 {
             let net: Ipv6Net = text.parse().map_err(|e| {
-                field(format!("{network}.vmIPv6NetworkCIDR"), format!("{text:?}: {e}"))
+                field(
+                    format!("{network}.vmIPv6NetworkCIDR"),
+                    format!("{text:?}: {e}"),
+                )
             })?;
             cfg.vm_cidr6 = Some(net.trunc());
         }

@@ -33,7 +33,9 @@ pub struct GuestAgentError {
 
 /// Read a QEMU guest agent `guest-network-get-interfaces` reply (the
 /// whole `{"return": [...]}` object, or the bare list).
-pub fn parse_guest_agent_interfaces(json: &str) -> Result<Vec<GuestAgentInterface>, GuestAgentError> {
+pub fn parse_guest_agent_interfaces(
+    json: &str,
+) -> Result<Vec<GuestAgentInterface>, GuestAgentError> {
     let err = |path: String, message: &str| GuestAgentError {
         path,
         message: message.to_string(),
@@ -41,7 +43,9 @@ pub fn parse_guest_agent_interfaces(json: &str) -> Result<Vec<GuestAgentInterfac
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| err("<root>".into(), &e.to_string()))?;
     let list = match &value {
-        serde_json::Value::Object(o) => o.get("return").ok_or_else(|| err("<root>".into(), "no \"return\""))?,
+        serde_json::Value::Object(o) => o
+            .get("return")
+            .ok_or_else(|| err("<root>".into(), "no \"return\""))?,
         other => other,
     };
     let list = list
@@ -61,9 +65,10 @@ pub fn parse_guest_agent_interfaces(json: &str) -> Result<Vec<GuestAgentInterfac
                 let text = v
                     .as_str()
                     .ok_or_else(|| err(format!("{at}.hardware-address"), "must be a string"))?;
-                Some(text.parse::<MacAddr>().map_err(|_| {
-                    err(format!("{at}.hardware-address"), "not a MAC address")
-                })?)
+                Some(
+                    text.parse::<MacAddr>()
+                        .map_err(|_| err(format!("{at}.hardware-address"), "not a MAC address"))?,
+                )
             }
         };
         let mut ip_addresses = Vec::new();
