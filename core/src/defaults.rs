@@ -59,6 +59,16 @@ pub fn apply(obj: &mut Object) {
                 .trust
                 .get_or_insert_with(|| OnOff::Text("off".into()));
         }
+        Object::Service(svc) => {
+            svc.spec
+                .service_type
+                .get_or_insert_with(|| "ClusterIP".into());
+            for p in &mut svc.spec.ports {
+                p.protocol.get_or_insert_with(|| "TCP".into());
+                p.target_port
+                    .get_or_insert(crate::spec::service::TargetPort::Number(p.port));
+            }
+        }
         // A NAD's config is the user's JSON text; its defaults are read
         // through `BridgeConfig`'s accessors instead of rewriting it.
         Object::NetworkAttachmentDefinition(_)

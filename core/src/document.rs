@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::spec::cluster::{ConfigMap, HyperConverged, Secret};
 use crate::spec::datavolume::{CdiConfig, DataVolume};
 use crate::spec::network::{NetworkAttachmentDefinition, SriovNetwork, SriovNetworkNodePolicy};
+use crate::spec::service::Service;
 use crate::spec::vm::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstancePreset,
@@ -60,6 +61,8 @@ pub enum Object {
     ConfigMap(ConfigMap),
     /// `Secret` (import credentials).
     Secret(Secret),
+    /// `Service` exposing VMs.
+    Service(Service),
 }
 
 /// The kinds this crate parses.
@@ -76,6 +79,7 @@ pub const SUPPORTED_KINDS: &[&str] = &[
     "HyperConverged",
     "ConfigMap",
     "Secret",
+    "Service",
 ];
 
 impl Object {
@@ -94,6 +98,7 @@ impl Object {
             Object::HyperConverged(_) => "HyperConverged",
             Object::ConfigMap(_) => "ConfigMap",
             Object::Secret(_) => "Secret",
+            Object::Service(_) => "Service",
         }
     }
 
@@ -112,6 +117,7 @@ impl Object {
             Object::HyperConverged(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
         };
         m.name.as_deref()
     }
@@ -130,6 +136,7 @@ impl Object {
             Object::HyperConverged(o) => serde_json::to_value(o),
             Object::ConfigMap(o) => serde_json::to_value(o),
             Object::Secret(o) => serde_json::to_value(o),
+            Object::Service(o) => serde_json::to_value(o),
         }
     }
 }
@@ -301,6 +308,7 @@ pub fn parse_value(value: Value, index: usize, mode: Mode) -> Result<Document, P
         "HyperConverged" => Object::HyperConverged(typed(&value, &mut unknown, index)?),
         "ConfigMap" => Object::ConfigMap(typed(&value, &mut unknown, index)?),
         "Secret" => Object::Secret(typed(&value, &mut unknown, index)?),
+        "Service" => Object::Service(typed(&value, &mut unknown, index)?),
         "VirtualMachineInstanceReplicaSet" => return Err(err(
             "kind",
             "VirtualMachineInstanceReplicaSet is not supported (VM replica sets are unsupported)"

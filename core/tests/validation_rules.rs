@@ -941,3 +941,120 @@ fn kind_list_and_empty_documents() {
     assert_eq!(docs[1].object.name(), Some("b"));
     assert_eq!(docs[1].index, 1);
 }
+
+const SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {kubevirt.io/vm: base}
+  ports:
+  - {name: http, port: 8080, targetPort: http, nodePort: 30080}
+  - {name: alt, port: 8443, targetPort: 443}
+  - {name: dns, port: 53, protocol: UDP}
+"#;
+
+#[test]
+fn service_rules_and_the_ports_that_reach_the_guest() {
+    use virtkit_core::document::Object;
+    use virtkit_core::validate::service_exposure;
+
+    assert!(report(base(SERVICE)).is_valid());
+    let mutate = |pointer: &str, value: Value| {
+        let mut v = base(SERVICE);
+        set(&mut v, pointer, value);
+        v
+    };
+    assert_error(
+        mutate("/spec/type", json!("ExternalName")),
+        "spec.type",
+        "is not one of",
+    );
+    assert_error(
+        mutate("/spec/ports/0/port", json!(0)),
+        "spec.ports[0].port",
+        "1–65535",
+    );
+    assert_error(
+        mutate("/spec/ports/1/name", json!("http")),
+        "spec.ports[1].name",
+        "used twice",
+    );
+    assert_error(
+        mutate("/spec/ports/1/targetPort", json!("Not_A_Name")),
+        "spec.ports[1].targetPort",
+        "not a port name",
+    );
+    assert_error(
+        mutate("/spec/ports/0/nodePort", json!(80)),
+        "spec.ports[0].nodePort",
+        "30000–32767",
+    );
+    assert_error(
+        mutate("/spec/type", json!("ClusterIP")),
+        "spec.ports[0].nodePort",
+        "only allowed for NodePort",
+    );
+    assert_error(
+        mutate("/spec/ports/2/protocol", json!("ICMP")),
+        "spec.ports[2].protocol",
+        "TCP, UDP or SCTP",
+    );
+    assert_error(
+        mutate("/spec/ports", json!([])),
+        "spec.ports",
+        "at least one port",
+    );
+
+    // Against the base VM: its masquerade interface forwards 80/TCP
+    // ("http") only, so 443 and 53/UDP are warned about, not exposed.
+    let Object::Service(svc) = parse_one(SERVICE, Mode::Strict).unwrap().object else {
+        panic!("a Service")
+    };
+    let Object::VirtualMachine(vm) = parse_one(BASE_VM, Mode::Strict).unwrap().object else {
+        panic!("a VM")
+    };
+    let meta = vm.spec.template.metadata.clone().unwrap_or_default();
+    let labels = &meta.labels;
+    let (exposed, r) = service_exposure(&svc, labels, &vm.spec.template.spec);
+    assert_eq!(exposed.len(), 1);
+    assert_eq!(
+        (exposed[0].port, exposed[0].node_port, exposed[0].guest_port),
+        (8080, Some(30080), 80)
+    );
+    let warnings: Vec<String> = r.warnings().map(|w| w.to_string()).collect();
+    assert!(r.is_valid(), "warnings only");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("spec.ports[1].targetPort")
+            && warnings[0].contains("443/TCP is not forwarded")
+            && warnings[0].contains("it forwards 80/TCP"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("spec.ports[2].targetPort") && warnings[1].contains("53/UDP"),
+        "{warnings:?}"
+    );
+
+    // No declared ports: everything but the reserved ones is forwarded.
+    let mut open = vm.spec.template.spec.clone();
+    open.domain.devices.interfaces[0].ports.clear();
+    let mut svc2 = svc.clone();
+    svc2.spec.ports[0].target_port = Some(virtkit_core::spec::service::TargetPort::Number(49152));
+    let (exposed, r) = service_exposure(&svc2, labels, &open);
+    assert_eq!(
+        exposed.iter().map(|e| e.guest_port).collect::<Vec<_>>(),
+        [443, 53]
+    );
+    assert!(r
+        .warnings()
+        .any(|w| w.to_string().contains("49152/TCP is not forwarded")));
+
+    // A Service that does not select the VM exposes nothing.
+    let mut other = svc.clone();
+    other.spec.selector.insert("app".into(), "db".into());
+    let (exposed, r) = service_exposure(&other, labels, &vm.spec.template.spec);
+    assert!(exposed.is_empty());
+    assert!(r.warnings().any(|w| w.path == "spec.selector"));
+}

@@ -20,6 +20,7 @@ pub mod affinity;
 pub mod cluster;
 pub mod datavolume;
 pub mod network;
+pub mod service;
 pub mod vm;
 pub mod vmi;
 

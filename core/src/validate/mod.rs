@@ -7,11 +7,13 @@
 mod objects;
 mod placement;
 mod report;
+mod service;
 pub mod syntax;
 mod vmi;
 
 pub use objects::{cert_config, cni_config, data_volume_spec, migration_config};
 pub use report::{Report, Severity, Violation, P};
+pub use service::{service_exposure, ExposedPort};
 pub use vmi::{
     validate_vmi_spec, CLOUD_INIT_INLINE_LIMIT, ISTIO_INJECT_ANNOTATION, ISTIO_PORTS,
     MEMORY_LIMIT_HEADROOM, RESERVED_MASQUERADE_PORTS,
@@ -43,6 +45,7 @@ pub fn validate_object(obj: &Object) -> Report {
         Object::HyperConverged(o) => objects::hyperconverged(o, &mut r),
         Object::ConfigMap(o) => objects::config_map(o, &mut r),
         Object::Secret(o) => objects::secret(o, &mut r),
+        Object::Service(o) => service::service(o, &mut r),
     }
     r
 }

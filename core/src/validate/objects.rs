@@ -54,7 +54,7 @@ fn vm_metadata(m: &ObjectMeta, r: &mut Report) {
     }
 }
 
-fn named(m: &ObjectMeta, r: &mut Report) {
+pub(super) fn named(m: &ObjectMeta, r: &mut Report) {
     if m.name.as_deref().unwrap_or("").is_empty() && m.generate_name.is_none() {
         r.error("metadata.name", "name is required");
     }
