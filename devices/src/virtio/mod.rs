@@ -155,11 +155,16 @@ pub(crate) fn serve_queue(
     // With EVENT_IDX the driver kicks only when its avail index passes
     // the `avail_event` we publish, so publish it (enable_notification)
     // after draining, and drain again if chains slipped in meanwhile.
+    // Two rounds in a row that pop nothing while the index says there is
+    // more mean a broken ring (pop refuses it): stop rather than spin.
+    let mut empty_rounds = 0;
     'drain: loop {
         if let Err(e) = queue.disable_notification(memory) {
             log::warn!("virtio-{device}: queue {index}: {e}");
         }
+        let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            popped = true;
             let head = chain.head_index();
             let written = serve(memory, chain);
             if let Err(e) = queue.add_used(memory, head, written) {
@@ -168,9 +173,10 @@ pub(crate) fn serve_queue(
             }
             used_any = true;
         }
+        empty_rounds = if popped { 0 } else { empty_rounds + 1 };
         match queue.enable_notification(memory) {
-            Ok(true) => continue,
-            Ok(false) => break,
+            Ok(true) if empty_rounds < 2 => continue,
+            Ok(_) => break,
             Err(e) => {
                 log::warn!("virtio-{device}: queue {index}: {e}");
                 break;
