@@ -21,7 +21,8 @@ use virtkit_devices::virtio::pci::VirtioPciDevice;
 
 mod common;
 use common::guest::{
-    find_function, kvm_present, long_mode, power_off, print_bytes, run_to_power_off, vm,
+    find_function, kvm_present, long_mode, power_off, print_bytes, run_to_power_off,
+    virtio_driver_ok, virtio_negotiate, virtio_setup_queue, vm,
 };
 
 const MAC: [u8; 6] = [0x02, 0x56, 0x4b, 0x00, 0x00, 0x07];
@@ -55,28 +56,10 @@ fn net_payload() -> Payload {
     const FRAME_LEN: u32 = (NET_HDR_LEN + 14 + GUEST_SAYS.len()) as u32;
     let mut a = CodeAssembler::new(64).unwrap();
     find_function(&mut a, 0x1041_1af4);
-    // Reset, ACKNOWLEDGE, DRIVER; accept MAC and VERSION_1; FEATURES_OK.
-    for status in [0u32, 1, 3] {
-        a.mov(byte_ptr(rsi + 0x14), status).unwrap();
-    }
-    a.mov(dword_ptr(rsi + 0x08), 0u32).unwrap();
-    a.mov(dword_ptr(rsi + 0x0c), F_MAC as u32).unwrap();
-    a.mov(dword_ptr(rsi + 0x08), 1u32).unwrap();
-    a.mov(dword_ptr(rsi + 0x0c), 1u32).unwrap();
-    a.mov(byte_ptr(rsi + 0x14), 0xbu32).unwrap();
-    for (queue, rings) in [
-        (0u32, [RX_DESC, RX_AVAIL, RX_USED]),
-        (1, [TX_DESC, TX_AVAIL, TX_USED]),
-    ] {
-        a.mov(word_ptr(rsi + 0x16), queue).unwrap();
-        a.mov(word_ptr(rsi + 0x18), 8u32).unwrap();
-        for (off, addr) in [0x20, 0x28, 0x30].into_iter().zip(rings) {
-            a.mov(dword_ptr(rsi + off), addr as u32).unwrap();
-            a.mov(dword_ptr(rsi + off + 4), 0u32).unwrap();
-        }
-        a.mov(word_ptr(rsi + 0x1c), 1u32).unwrap();
-    }
-    a.mov(byte_ptr(rsi + 0x14), 0xfu32).unwrap();
+    virtio_negotiate(&mut a, F_MAC as u32);
+    virtio_setup_queue(&mut a, 0, [RX_DESC, RX_AVAIL, RX_USED]);
+    virtio_setup_queue(&mut a, 1, [TX_DESC, TX_AVAIL, TX_USED]);
+    virtio_driver_ok(&mut a);
 
     // One 2 KiB receive buffer, posted and kicked.
     a.mov(rax, RX_BUF).unwrap();

@@ -5,12 +5,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixDatagram;
-
 use virtkit_devices::pci::config::{COMMAND_MEMORY, ROM_BAR};
 use virtkit_devices::pci::{MsiSink, PciBus, PciDevice, PciLayout};
-use virtkit_devices::virtio::net::{NetBackend, NetConfig, VirtioNet};
+use virtkit_devices::virtio::net::{Disconnected, NetConfig, VirtioNet};
 use virtkit_devices::virtio::pci::VirtioPciDevice;
 use virtkit_firmware_loader::option_rom::{parse, CodeType, OptionRom, RomError, IPXE_VIRTIO_ROM};
 
@@ -69,21 +66,6 @@ fn roms_for_other_devices_or_damaged_are_refused() {
     ));
 }
 
-/// A backend that carries no traffic: this test only reads the ROM.
-struct Unplugged(UnixDatagram);
-
-impl NetBackend for Unplugged {
-    fn send(&self, _frame: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn receive(&self, _buf: &mut [u8]) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::WouldBlock.into())
-    }
-    fn ready_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
 struct NoMsi;
 impl MsiSink for NoMsi {
     fn send(&self, _address: u64, _data: u32) {}
@@ -92,10 +74,9 @@ impl MsiSink for NoMsi {
 #[test]
 fn firmware_reads_the_rom_through_the_virtio_net_rom_bar() {
     let bus = PciBus::new(PciLayout::for_memory(1 << 30));
-    let (socket, _peer) = UnixDatagram::pair().unwrap();
     let net = VirtioNet::new(
         NetConfig::new([0xde, 0, 0, 0, 0, 0xde]),
-        vec![Arc::new(Unplugged(socket))],
+        vec![Arc::new(Disconnected::new().unwrap())],
     )
     .unwrap();
     let memory = virtkit_core::runtime::memory::create(16 << 20).unwrap();

@@ -9,15 +9,13 @@
 
 mod common;
 
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::Duration;
 
 use virtkit_core::spec::network::CniConfig;
 use virtkit_core::spec::vmi::VmiSpec;
 use virtkit_devices::pci::{MsiSink, PciBus, PciError, PciLayout, SlotState};
-use virtkit_devices::virtio::net::NetBackend;
+use virtkit_devices::virtio::net::{Disconnected, NetBackend};
 use virtkit_net::migration_net::{migration_address, HostAddress, MigrationNetworkError};
 use virtkit_net::{
     interface_status, parse_guest_agent_interfaces, plan_nics, HotplugError, KnownAddresses,
@@ -135,22 +133,8 @@ fn plans_follow_the_spec_and_errors_name_their_field() {
     );
 }
 
-/// A backend that carries no traffic (these tests place devices only).
-struct Idle(UnixDatagram);
-impl NetBackend for Idle {
-    fn send(&self, _frame: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn receive(&self, _buf: &mut [u8]) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::WouldBlock.into())
-    }
-    fn ready_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-}
-
 fn idle() -> Vec<Arc<dyn NetBackend>> {
-    vec![Arc::new(Idle(UnixDatagram::pair().unwrap().0))]
+    vec![Arc::new(Disconnected::new().unwrap())]
 }
 
 struct NoMsi;

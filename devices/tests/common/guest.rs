@@ -129,12 +129,27 @@ pub fn labelled_image(path: &Path, blocks: usize, block: usize, tag: &str) {
 /// FEATURES_OK; queue `queue` with 8 entries at `rings` (descriptors,
 /// available, used), enabled; DRIVER_OK.
 pub fn virtio_start_queue(a: &mut CodeAssembler, queue: u32, rings: [u64; 3]) {
+    virtio_negotiate(a, 0);
+    virtio_setup_queue(a, queue, rings);
+    virtio_driver_ok(a);
+}
+
+/// Reset the function at rsi, ACKNOWLEDGE, DRIVER, accept `features_lo`
+/// (bits 0–31) and VERSION_1, FEATURES_OK.
+pub fn virtio_negotiate(a: &mut CodeAssembler, features_lo: u32) {
     for status in [0u32, 1, 3] {
         a.mov(byte_ptr(rsi + 0x14), status).unwrap();
     }
+    a.mov(dword_ptr(rsi + 0x08), 0u32).unwrap();
+    a.mov(dword_ptr(rsi + 0x0c), features_lo).unwrap();
     a.mov(dword_ptr(rsi + 0x08), 1u32).unwrap();
     a.mov(dword_ptr(rsi + 0x0c), 1u32).unwrap();
     a.mov(byte_ptr(rsi + 0x14), 0xbu32).unwrap();
+}
+
+/// Set queue `queue` up with 8 entries at `rings` (descriptors,
+/// available, used) and enable it.
+pub fn virtio_setup_queue(a: &mut CodeAssembler, queue: u32, rings: [u64; 3]) {
     a.mov(word_ptr(rsi + 0x16), queue).unwrap();
     a.mov(word_ptr(rsi + 0x18), 8u32).unwrap();
     for (off, addr) in [0x20, 0x28, 0x30].into_iter().zip(rings) {
@@ -142,5 +157,9 @@ pub fn virtio_start_queue(a: &mut CodeAssembler, queue: u32, rings: [u64; 3]) {
         a.mov(dword_ptr(rsi + off + 4), 0u32).unwrap();
     }
     a.mov(word_ptr(rsi + 0x1c), 1u32).unwrap();
+}
+
+/// DRIVER_OK.
+pub fn virtio_driver_ok(a: &mut CodeAssembler) {
     a.mov(byte_ptr(rsi + 0x14), 0xfu32).unwrap();
 }

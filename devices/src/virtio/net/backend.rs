@@ -1,5 +1,6 @@
-//! Where a virtio-net queue pair's frames go: the [`NetBackend`] seam, and
-//! [`TapBackend`], the backend over a Linux tap queue.
+//! Where a virtio-net queue pair's frames go: the [`NetBackend`] seam,
+//! [`TapBackend`], the backend over a Linux tap queue, and the tun ioctls
+//! that open and keep taps ([`open_tap`], [`persist_tap`]).
 //!
 //! Every frame crossing the seam starts with the 12-byte
 //! `virtio_net_hdr_v1` (flags, gso_type, hdr_len, gso_size, csum_start,
@@ -56,6 +57,45 @@ pub trait NetBackend: Send + Sync {
     }
 }
 
+/// A backend with no network behind it: sent frames are dropped and
+/// nothing ever arrives (a NIC with its cable out, or one placed on a bus
+/// only to be enumerated).
+#[derive(Debug)]
+pub struct Disconnected {
+    /// One end of a socket pair whose other end is never written.
+    never: std::os::unix::net::UnixDatagram,
+    _silent: std::os::unix::net::UnixDatagram,
+}
+
+impl Disconnected {
+    /// A disconnected backend.
+    pub fn new() -> io::Result<Self> {
+        let (never, silent) = std::os::unix::net::UnixDatagram::pair()?;
+        Ok(Disconnected {
+            never,
+            _silent: silent,
+        })
+    }
+}
+
+impl NetBackend for Disconnected {
+    fn send(&self, _frame: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn receive(&self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.never.as_fd()
+    }
+}
+
+/// `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 203, int)`.
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 /// `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `_IOR('T', 210, unsigned int)`.
@@ -83,6 +123,50 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
+impl IfReq {
+    fn new(flags: i16) -> Self {
+        IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags,
+            _pad: [0; 22],
+        }
+    }
+}
+
+/// Open (creating it if absent) tap `name` in the calling thread's
+/// network namespace. `vnet_hdr`: frames carry a virtio-net header (what
+/// [`TapBackend`] needs); `multi_queue` must match how the tap was
+/// created. No crate covers a persistent tap attached to by name with
+/// these flags (rtnetlink cannot create taps), so these are ioctls by
+/// hand, all of them here.
+pub fn open_tap(name: &str, vnet_hdr: bool, multi_queue: bool) -> io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} must be 1–15 bytes"),
+        ));
+    }
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq::new(IFF_TAP | IFF_NO_PI);
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    if vnet_hdr {
+        req.flags |= IFF_VNET_HDR;
+    }
+    if multi_queue {
+        req.flags |= IFF_MULTI_QUEUE;
+    }
+    tap_ioctl(&f, TUNSETIFF, &mut req as *mut IfReq)?;
+    Ok(f)
+}
+
+/// Keep the tap `tap` is attached to after every descriptor is closed.
+pub fn persist_tap(tap: &File) -> io::Result<()> {
+    tap_ioctl(tap, TUNSETPERSIST, 1 as libc::c_ulong)
+}
+
 /// One queue of a tap device, opened with `IFF_TAP | IFF_NO_PI |
 /// IFF_VNET_HDR` (`virtkit_net::tap::open(name, true, multi_queue)`
 /// opens one).
@@ -96,7 +180,8 @@ pub struct TapBackend {
 /// `ioctl(fd, request, arg)` on the tap, as an `io::Result`.
 fn tap_ioctl<T>(tap: &File, request: libc::c_ulong, arg: T) -> io::Result<()> {
     // SAFETY: callers pass the argument each tun ioctl expects: a pointer
-    // to a live `IfReq` or `c_int`, or an integer by value.
+    // to a live `IfReq` or `c_int` (which the kernel may write back), or
+    // an integer by value.
     if unsafe { libc::ioctl(tap.as_raw_fd(), request, arg) } != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -108,11 +193,7 @@ impl TapBackend {
     /// headers, sets their length to [`NET_HDR_LEN`] and makes it
     /// non-blocking.
     pub fn new(tap: File) -> io::Result<Self> {
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: 0,
-            _pad: [0; 22],
-        };
+        let mut req = IfReq::new(0);
         tap_ioctl(&tap, TUNGETIFF, &mut req as *mut IfReq)?;
         let needed = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
         if req.flags & needed != needed {
@@ -188,15 +269,11 @@ impl NetBackend for TapBackend {
         if !self.multi_queue || self.attached.load(Ordering::SeqCst) == enabled {
             return Ok(());
         }
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: if enabled {
-                IFF_ATTACH_QUEUE
-            } else {
-                IFF_DETACH_QUEUE
-            },
-            _pad: [0; 22],
-        };
+        let mut req = IfReq::new(if enabled {
+            IFF_ATTACH_QUEUE
+        } else {
+            IFF_DETACH_QUEUE
+        });
         tap_ioctl(&self.tap, TUNSETQUEUE, &mut req as *mut IfReq)?;
         self.attached.store(enabled, Ordering::SeqCst);
         Ok(())

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use virtkit_core::runtime::memory::GuestMem;
 
-pub use backend::{NetBackend, Offloads, TapBackend, NET_HDR_LEN};
+pub use backend::{
+    open_tap, persist_tap, Disconnected, NetBackend, Offloads, TapBackend, NET_HDR_LEN,
+};
 use rx::{RxSetup, RxWorker, MAX_FRAME};
 
 use super::{
