@@ -416,6 +416,19 @@ async fn upload(
     }
 }
 
+/// How long, at most, the rest of a body is read and dropped after the
+/// import failed.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Run `drain` (which reads and drops the rest of a body) for at most
+/// [`LINGER`]. A server that answers while the client is still sending
+/// and then closes makes the kernel reset the connection, and the client
+/// sees a broken pipe instead of the error response; web servers linger
+/// the same way.
+async fn linger(drain: impl std::future::Future<Output = ()>) {
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// Send a raw body to the import; an error if the client broke off.
 async fn feed(body: Body, tx: ChunkSender) -> Result<(), String> {
     let mut stream = body.into_data_stream();
@@ -423,7 +436,14 @@ async fn feed(body: Body, tx: ChunkSender) -> Result<(), String> {
         match chunk {
             Ok(c) => {
                 if tx.send(c).await.is_err() {
-                    // The import stopped (it failed); its error is reported.
+                    // The import stopped (it failed); its error is reported
+                    // once the client has stopped sending.
+                    linger(async {
+                        while let Some(Ok(c)) = stream.next().await {
+                            std::hint::black_box(c);
+                        }
+                    })
+                    .await;
                     return Ok(());
                 }
             }
@@ -461,6 +481,7 @@ async fn feed_form(req: Request, shared: &Arc<Shared>, tx: ChunkSender) -> Resul
             match field.chunk().await {
                 Ok(Some(c)) => {
                     if tx.send(c).await.is_err() {
+                        linger(async { while let Ok(Some(_)) = field.chunk().await {} }).await;
                         return Ok(());
                     }
                 }
