@@ -194,6 +194,22 @@ fn guest_udp(tap_mac: [u8; 6], port: u16, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// CPU time (user + system, in clock ticks) of this process's thread
+/// named `name`.
+fn thread_cpu_ticks(name: &str) -> u64 {
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+            let fields: Vec<&str> = after_comm.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat, 12 and 13 here.
+            return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        }
+    }
+    panic!("no thread named {name}");
+}
+
 fn parse_mac(s: &str) -> [u8; 6] {
     let v: Vec<u8> = s
         .trim()
@@ -292,6 +308,15 @@ fn frames_cross_a_real_multi_queue_tap_with_offloads_and_queue_pairs() {
     assert!(guest
         .udp_frames(2, 4001, 1, Duration::from_millis(200))
         .is_empty());
+    // The detached queue polls as an error; its receive thread must wait,
+    // not spin on it.
+    let before = thread_cpu_ticks("virtio-net-rx1");
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = thread_cpu_ticks("virtio-net-rx1") - before;
+    assert!(
+        spent <= 5,
+        "the idle receive thread of pair 1 used {spent} ticks in 0.5 s"
+    );
 
     // Two pairs: flows spread over both queues, and pair 1 sends too.
     assert_eq!(guest.control(&mut dev, &[4, 0, 2, 0]), 0, "VQ_PAIRS_SET 2");

@@ -193,16 +193,17 @@ impl VirtioNet {
         c
     }
 
-    /// Use the first `pairs` queue pairs and stop the rest.
-    fn enable_pairs(&self, pairs: usize) -> bool {
-        let mut ok = true;
+    /// Use the first `pairs` queue pairs and stop the rest; wake the
+    /// receive threads so that they poll their backend again.
+    fn enable_pairs(&self, pairs: usize) {
         for (i, backend) in self.backends.iter().enumerate() {
             if let Err(e) = backend.set_enabled(i < pairs) {
                 log::warn!("virtio-net: queue pair {i}: {e}");
-                ok = false;
+            }
+            if let Some(Some(worker)) = self.active.as_ref().and_then(|a| a.rx.get(i)) {
+                worker.kick();
             }
         }
-        ok
     }
 
     fn transmit(&mut self, pair: usize) {
@@ -377,8 +378,9 @@ impl VirtioDevice for VirtioNet {
         };
         let mut tx = Vec::with_capacity(pairs);
         let mut rx = Vec::with_capacity(pairs);
+        let offers_offloads = self.features() & OFFLOADS != 0;
         for (pair, backend) in self.backends.iter().take(pairs).enumerate() {
-            if self.features() & OFFLOADS != 0 {
+            if offers_offloads {
                 backend.set_offloads(offloads).map_err(|e| {
                     ActivateError::Host(format!("queue pair {pair}: offloads: {e}"))
                 })?;

@@ -176,9 +176,12 @@ impl Receiver {
                     Ok(len) => len,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // A hard error (a detached tap queue reports EBADFD
+                    // and polls as EPOLLERR for ever): stop polling the
+                    // backend until the next kick rather than spin.
                     Err(e) => {
-                        log::warn!("virtio-net: receive failed: {e}");
-                        break true;
+                        log::debug!("virtio-net: receive failed: {e}");
+                        break false;
                     }
                 },
             };
