@@ -15,6 +15,7 @@ pub struct ReadmeDoctests;
 pub mod bridge;
 pub mod dhcp4;
 pub mod dhcp6;
+pub mod fuzzing;
 pub mod hotplug;
 mod link;
 pub mod mac;
