@@ -223,13 +223,64 @@ fn check(lease: &Lease4) -> Result<(), Dhcp4Error> {
     Ok(())
 }
 
+/// Refuse options whose length `dhcproto` 0.15 only checks with
+/// `debug_assert!` (a debug build panics on them, found by the
+/// `dhcp_message` fuzz target; a release build misreads them), and option
+/// overload, which no client we serve sends.
+fn check_option_lengths(packet: &[u8]) -> Result<(), Dhcp4Error> {
+    /// Fixed header (236 bytes) and the magic cookie.
+    const OPTIONS_AT: usize = 240;
+    let bad = |code: u8, len: usize| {
+        Err(Dhcp4Error::Malformed(format!(
+            "option {code} has a bad length {len}"
+        )))
+    };
+    let mut at = OPTIONS_AT;
+    while let Some(&code) = packet.get(at) {
+        match code {
+            0 => {
+                at += 1;
+                continue;
+            }
+            255 => break,
+            _ => {}
+        }
+        let Some(&len) = packet.get(at + 1) else {
+            break;
+        };
+        let len = usize::from(len);
+        let ok = match code {
+            // Option overload moves options into sname/file.
+            52 => {
+                return Err(Dhcp4Error::Malformed(
+                    "option overload is not supported".into(),
+                ))
+            }
+            80 => len == 0,
+            81 => len >= 3,
+            94 => len == 3,
+            151 => len >= 1,
+            152..=155 => len == 4,
+            _ => true,
+        };
+        if !ok {
+            return bad(code, len);
+        }
+        at += 2 + len;
+    }
+    Ok(())
+}
+
 /// The answer to one request `packet`, or `None` when the server stays
 /// silent (an unknown client, a request meant for another server, a
 /// RELEASE or DECLINE).
 pub fn answer(config: &Dhcp4Config, packet: &[u8]) -> Result<Option<Reply>, Dhcp4Error> {
+    check_option_lengths(packet)?;
     let req = Message::decode(&mut Decoder::new(packet))
         .map_err(|e| Dhcp4Error::Malformed(e.to_string()))?;
-    if req.opcode() != Opcode::BootRequest || req.chaddr().len() < 6 {
+    // `chaddr()` slices by `hlen`, which the sender chose: over 16 it
+    // panics (dhcproto 0.15), so check it first.
+    if req.opcode() != Opcode::BootRequest || !(6..=16).contains(&req.hlen()) {
         return Err(Dhcp4Error::Malformed(
             "not a BOOTREQUEST with an Ethernet address".into(),
         ));

@@ -86,8 +86,13 @@ pub fn answer6(
     config: &Dhcp6Config,
     packet: &[u8],
 ) -> Result<Option<(Vec<u8>, MessageType)>, Dhcp6Error> {
-    let req = Message::decode(&mut Decoder::new(packet))
-        .map_err(|e| Dhcp6Error::Malformed(e.to_string()))?;
+    // dhcproto 0.15 subtracts fixed sizes from option lengths it has not
+    // checked (StatusCode, VendorClass, ...): a build with overflow checks
+    // panics there (found by the `dhcp_message` fuzz target). Such a
+    // packet is malformed; it must not take the server thread down.
+    let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(packet)))
+        .map_err(|_| Dhcp6Error::Malformed("the packet's options do not add up".into()))?;
+    let req = decoded.map_err(|e| Dhcp6Error::Malformed(e.to_string()))?;
     let client = match req.opts().get(v6::OptionCode::ClientId) {
         Some(DhcpOption::ClientId(id)) => id.clone(),
         _ => return Err(Dhcp6Error::Malformed("no client identifier".into())),

@@ -87,6 +87,8 @@ fn reply<L: FrameLink>(
         };
         if m.opcode() == v4::Opcode::BootReply
             && m.xid() == xid
+            // `chaddr()` panics for an `hlen` over 16 (dhcproto 0.15).
+            && (6..=16).contains(&m.hlen())
             && m.chaddr().get(..6) == Some(&mac[..])
         {
             return Ok(Some(m));
