@@ -38,7 +38,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn nft(self) -> &'static str {
+    /// `tcp` or `udp`, as nftables and the `virtkit-net` binary spell it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
@@ -299,7 +300,7 @@ fn ruleset(cfg: &MasqueradeConfig, names: &Names) -> serde_json::Value {
                 json!([
                     meta("iifname", "!=", json!(br)),
                     meta("nfproto", "==", json!(nfproto)),
-                    meta("l4proto", "==", json!(p.protocol.nft())),
+                    meta("l4proto", "==", json!(p.protocol.as_str())),
                     dport("==", json!(p.port)),
                     to.clone()
                 ]),

@@ -5,12 +5,11 @@
 use std::collections::HashSet;
 
 use super::objects::{api_version, named};
+use super::vmi::RESERVED_MASQUERADE_PORTS;
 use super::{Report, P};
 use crate::spec::service::{Service, TargetPort};
 use crate::spec::vmi::VmiSpec;
 
-/// Ports of the masquerade binding that are never forwarded.
-const RESERVED_PORTS: [i64; 2] = [49152, 49153];
 const TYPES: [&str; 3] = ["ClusterIP", "NodePort", "LoadBalancer"];
 const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
 
@@ -171,7 +170,7 @@ pub fn service_exposure(
             }
         };
         let forwarded = if iface.ports.is_empty() {
-            !RESERVED_PORTS.contains(&guest_port) && protocol != "SCTP"
+            !RESERVED_MASQUERADE_PORTS.contains(&guest_port) && protocol != "SCTP"
         } else {
             iface.ports.iter().any(|ip| {
                 ip.port == guest_port && ip.protocol.as_deref().unwrap_or("TCP") == protocol

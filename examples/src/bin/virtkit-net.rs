@@ -222,17 +222,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 } else {
                     cfg.ports
                         .iter()
-                        .map(|p| {
-                            format!(
-                                "{}:{}",
-                                if p.protocol == Protocol::Tcp {
-                                    "tcp"
-                                } else {
-                                    "udp"
-                                },
-                                p.port
-                            )
-                        })
+                        .map(|p| format!("{}:{}", p.protocol.as_str(), p.port))
                         .collect::<Vec<_>>()
                         .join(", ")
                 }
