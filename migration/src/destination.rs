@@ -2,18 +2,22 @@
 //! secret, load memory and state, confirm, and resume only on Commit. Any
 //! failure drops the half-built VM: nothing is left behind.
 
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use hmac::Mac;
 use virtkit_core::runtime::{RuntimeError, VcpuState, Vm, VmClockState, VmConfig};
+use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileMemoryError};
 use zerocopy::little_endian::U64;
 use zerocopy::IntoBytes;
 
 use crate::model::MigrationError;
 use crate::protocol::{
-    self, Frame, Kind, PageSink, ProtocolError, MIN_READABLE_VERSION, PAGE_SIZE, PROTOCOL_VERSION,
+    self, Frame, Incoming, Kind, PageSink, ProtocolError, MIN_READABLE_VERSION, PAGE_SIZE,
+    PROTOCOL_VERSION,
 };
-use crate::source::{auth_mac, memory_checksum, read_peer, read_peer_reusing, unexpected};
+use crate::source::{auth_mac, memory_checksum, read_peer, read_peer_into, unexpected};
 use crate::transport::MigrationStream;
 
 /// What the source asked the destination to build.
@@ -66,18 +70,25 @@ pub struct Received {
     pub stats: ReceiveStats,
 }
 
-/// Writes pages into the target VM. A fresh VM's RAM is already zero, so
-/// a zero-page run only needs clearing where data was written before
-/// (`written`, one bit per page per range); skipping the rest saves
-/// allocating and clearing memory the guest never used.
+/// Writes pages into the target VM. Over a socket (`socket`, the same
+/// connection the frames are read from, nothing buffered in between) a
+/// frame's pages are read straight into guest RAM; other streams go
+/// through `buf`. A fresh VM's RAM is already zero, so a zero-page run
+/// only needs clearing where data was written before (`written`, one bit
+/// per page per range); skipping the rest saves allocating and clearing
+/// memory the guest never used.
 struct VmSink<'a> {
     vm: &'a Vm,
     ranges: Vec<(u64, u64)>,
     written: Vec<Vec<u64>>,
+    socket: Option<OwnedFd>,
+    /// Bytes read through `socket` (the counting reader does not see them).
+    socket_bytes: u64,
+    buf: Vec<u8>,
 }
 
 impl<'a> VmSink<'a> {
-    fn new(vm: &'a Vm, ranges: Vec<(u64, u64)>) -> Self {
+    fn new(vm: &'a Vm, ranges: Vec<(u64, u64)>, socket: Option<OwnedFd>) -> Self {
         let written = ranges
             .iter()
             .map(|&(_, len)| vec![0u64; (len / PAGE_SIZE).div_ceil(64) as usize])
@@ -86,6 +97,9 @@ impl<'a> VmSink<'a> {
             vm,
             ranges,
             written,
+            socket,
+            socket_bytes: 0,
+            buf: Vec::new(),
         }
     }
 
@@ -104,10 +118,31 @@ impl PageSink for VmSink<'_> {
     fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges
     }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
-        self.vm.write_memory(gpa, data).map_err(|e| e.to_string())?;
+    fn fill(&mut self, gpa: u64, len: usize, src: &mut dyn Read) -> Result<(), ProtocolError> {
+        let bad = |e: String| ProtocolError::Malformed(format!("pages at {gpa:#x}: {e}"));
+        match &mut self.socket {
+            Some(socket) => {
+                let mut ram = self
+                    .vm
+                    .memory()
+                    .get_slice(GuestAddress(gpa), len)
+                    .map_err(|e| bad(e.to_string()))?;
+                socket.read_exact_volatile(&mut ram).map_err(|e| match e {
+                    VolatileMemoryError::IOError(io) => ProtocolError::Io(io),
+                    other => bad(other.to_string()),
+                })?;
+                self.socket_bytes += len as u64;
+            }
+            None => {
+                self.buf.resize(len, 0);
+                src.read_exact(&mut self.buf)?;
+                self.vm
+                    .write_memory(gpa, &self.buf)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+        }
         let (r, first) = self.locate(gpa);
-        for p in first..first + data.len() as u64 / PAGE_SIZE {
+        for p in first..first + len as u64 / PAGE_SIZE {
             self.written[r][(p / 64) as usize] |= 1 << (p % 64);
         }
         Ok(())
@@ -257,77 +292,37 @@ fn receive_inner(
     protocol::write_frame(rd.inner, Kind::Accept, &[]).map_err(MigrationError::Connection)?;
     rd.inner.flush().map_err(MigrationError::Connection)?;
 
-    // Pipeline: a reader thread pulls frames off the socket while this
-    // thread writes them into guest RAM (populating fresh RAM is the
-    // target's main cost), with at most 8 frames (32 MiB) in flight.
-    let mut sink = VmSink::new(&vm, ours);
+    // Memory and state until Complete; pages go straight into guest RAM.
+    let socket = rd
+        .inner
+        .as_socket()
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .map_err(MigrationError::Connection)?;
+    let mut sink = VmSink::new(&vm, ours, socket);
     let mut vcpus = Vec::new();
     let mut clock = None;
-    let unblock = rd
-        .inner
-        .try_clone_stream()
-        .map_err(MigrationError::Connection)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Frame, MigrationError>>(8);
-    // Page buffers go back to the reader for reuse: no allocation (and no
-    // freshly faulted pages) per frame.
-    let (recycle, reuse) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
-    let applied = std::thread::scope(|scope| {
-        let reader = &mut rd;
-        let vm_ref = &vm;
-        let layout = &layout;
-        scope.spawn(move || loop {
-            let f = read_peer_reusing(reader, reuse.try_recv().unwrap_or_default());
-            // Populate the target pages here, while the applier copies the
-            // previous frame: the kernel's page clearing then runs on this
-            // thread instead of inside the applier's copy.
-            if let Ok(Frame::Pages { gpa, data }) = &f {
-                let pages = (data.len() as u64 / PAGE_SIZE) as u32;
-                if protocol::check_pages(&layout.ranges, *gpa, pages).is_ok() {
-                    vm_ref.prefault(*gpa, data.len() as u64);
+    let applied = loop {
+        match read_peer_into(&mut rd, &mut sink)? {
+            Incoming::Pages { count, .. } => stats.pages += u64::from(count),
+            Incoming::ZeroPages { count, .. } => stats.zero_pages += u64::from(count),
+            Incoming::Frame(Frame::IterationDone { .. }) => stats.iterations += 1,
+            Incoming::Frame(Frame::VcpuState(bytes)) => {
+                if vcpus.len() >= usize::from(layout.vcpus) {
+                    return Err(unexpected("Complete", &Frame::VcpuState(Vec::new())));
                 }
+                vcpus.push(VcpuState::from_bytes(&bytes).map_err(RuntimeError::from)?);
             }
-            let last = matches!(f, Ok(Frame::Complete { .. }) | Err(_));
-            if tx.send(f).is_err() || last {
-                break;
+            Incoming::Frame(Frame::Clock(bytes)) => {
+                clock = Some(VmClockState::from_bytes(&bytes).map_err(RuntimeError::from)?)
             }
-        });
-        let result = (|| loop {
-            let f = rx.recv().map_err(|_| {
-                MigrationError::Connection(std::io::ErrorKind::UnexpectedEof.into())
-            })??;
-            if protocol::apply_memory_frame(&f, &mut sink)? {
-                match f {
-                    Frame::Pages { data, .. } => {
-                        stats.pages += data.len() as u64 / PAGE_SIZE;
-                        let _ = recycle.try_send(data);
-                    }
-                    Frame::ZeroPages { count, .. } => stats.zero_pages += u64::from(count),
-                    _ => {}
-                }
-                continue;
+            Incoming::Frame(Frame::Complete { checksum }) => {
+                break Ok::<_, MigrationError>(checksum)
             }
-            match f {
-                Frame::IterationDone { .. } => stats.iterations += 1,
-                Frame::VcpuState(bytes) => {
-                    if vcpus.len() >= usize::from(layout.vcpus) {
-                        return Err(unexpected("Complete", &Frame::VcpuState(Vec::new())));
-                    }
-                    vcpus.push(VcpuState::from_bytes(&bytes).map_err(RuntimeError::from)?);
-                }
-                Frame::Clock(bytes) => {
-                    clock = Some(VmClockState::from_bytes(&bytes).map_err(RuntimeError::from)?)
-                }
-                Frame::Complete { checksum } => return Ok(checksum),
-                other => return Err(unexpected("memory, state or Complete", &other)),
-            }
-        })();
-        if result.is_err() {
-            // Unblock the reader if it waits on the socket; it then exits.
-            let _ = unblock.shutdown();
+            Incoming::Frame(other) => return Err(unexpected("memory, state or Complete", &other)),
         }
-        drop(rx);
-        result
-    });
+    };
+    let socket_bytes = sink.socket_bytes;
     let source_sum = applied?;
     let t0 = Instant::now();
     if vcpus.len() != usize::from(layout.vcpus) {
@@ -366,6 +361,6 @@ fn receive_inner(
     }
     vm.start()?;
     stats.resume_time = t0.elapsed();
-    stats.bytes_received = rd.n;
+    stats.bytes_received = rd.n + socket_bytes;
     Ok(Received { vm, stats })
 }

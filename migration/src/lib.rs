@@ -20,6 +20,8 @@ pub mod transport;
 #[cfg(feature = "kvm")]
 pub mod destination;
 #[cfg(feature = "kvm")]
+mod guest_io;
+#[cfg(feature = "kvm")]
 pub mod source;
 
 pub use model::{

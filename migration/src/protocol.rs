@@ -259,20 +259,24 @@ pub enum ProtocolError {
     Malformed(String),
 }
 
-fn malformed(msg: impl Into<String>) -> ProtocolError {
+pub(crate) fn malformed(msg: impl Into<String>) -> ProtocolError {
     ProtocolError::Malformed(msg.into())
+}
+
+/// The header of a frame of `kind` with `len` payload bytes.
+pub fn frame_header(kind: Kind, len: u64) -> FrameHeader {
+    FrameHeader {
+        tag: U16::new(FRAME_TAG),
+        kind: U16::new(kind as u16),
+        reserved: U32::new(0),
+        len: U64::new(len),
+    }
 }
 
 /// Write one frame.
 pub fn write_frame(w: &mut dyn Write, kind: Kind, parts: &[&[u8]]) -> std::io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let header = FrameHeader {
-        tag: U16::new(FRAME_TAG),
-        kind: U16::new(kind as u16),
-        reserved: U32::new(0),
-        len: U64::new(len as u64),
-    };
-    w.write_all(header.as_bytes())?;
+    w.write_all(frame_header(kind, len as u64).as_bytes())?;
     for p in parts {
         w.write_all(p)?;
     }
@@ -327,12 +331,64 @@ fn fixed<T: FromBytes>(payload: &[u8], what: &str) -> Result<T, ProtocolError> {
 /// Read and validate one frame. Lengths are checked against the kind
 /// before any payload is read.
 pub fn read_frame(r: &mut dyn Read) -> Result<Frame, ProtocolError> {
-    read_frame_reusing(r, Vec::new())
+    let (kind, len) = read_head(r)?;
+    if kind == Kind::Pages {
+        let (gpa, count) = read_pages_head(r, len)?;
+        let data = read_exact_vec(r, u64::from(count) * PAGE_SIZE)?;
+        return Ok(Frame::Pages { gpa, data });
+    }
+    decode(kind, read_exact_vec(r, len)?)
 }
 
-/// [`read_frame`], reading a Pages frame's bytes into `spare` (a buffer
-/// of an earlier frame) so a steady stream allocates nothing.
-pub fn read_frame_reusing(r: &mut dyn Read, spare: Vec<u8>) -> Result<Frame, ProtocolError> {
+/// What [`read_frame_into`] did with one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A Pages frame, its bytes now in the sink.
+    Pages {
+        /// First page's address.
+        gpa: u64,
+        /// Pages stored.
+        count: u32,
+    },
+    /// A ZeroPages frame, applied to the sink.
+    ZeroPages {
+        /// First page's address.
+        gpa: u64,
+        /// Pages in the run.
+        count: u32,
+    },
+    /// Any other frame, for the caller.
+    Frame(Frame),
+}
+
+/// The destination's reader: one frame, with memory frames applied to
+/// `sink`. A Pages frame's header is validated (count, length, alignment,
+/// inside one RAM range) before the sink reads its bytes straight off `r`
+/// into guest RAM: no bounce buffer, no write outside RAM.
+pub fn read_frame_into(
+    r: &mut dyn Read,
+    sink: &mut dyn PageSink,
+) -> Result<Incoming, ProtocolError> {
+    let (kind, len) = read_head(r)?;
+    if kind == Kind::Pages {
+        let (gpa, count) = read_pages_head(r, len)?;
+        check_pages(sink.ranges(), gpa, count)?;
+        sink.fill(gpa, count as usize * PAGE_SIZE as usize, r)?;
+        return Ok(Incoming::Pages { gpa, count });
+    }
+    match decode(kind, read_exact_vec(r, len)?)? {
+        Frame::ZeroPages { gpa, count } => {
+            check_pages(sink.ranges(), gpa, count)?;
+            sink.zero(gpa, count).map_err(malformed)?;
+            Ok(Incoming::ZeroPages { gpa, count })
+        }
+        f => Ok(Incoming::Frame(f)),
+    }
+}
+
+/// The frame header: tag, kind and the payload length, bounded by the
+/// kind's maximum before anything else is read.
+fn read_head(r: &mut dyn Read) -> Result<(Kind, u64), ProtocolError> {
     let mut hb = [0u8; std::mem::size_of::<FrameHeader>()];
     r.read_exact(&mut hb)?;
     let h: FrameHeader = fixed(&hb, "frame header")?;
@@ -363,36 +419,34 @@ pub fn read_frame_reusing(r: &mut dyn Read, spare: Vec<u8>) -> Result<Frame, Pro
             "{kind:?} frame of {len} bytes exceeds {max}"
         )));
     }
-    if kind == Kind::Pages {
-        // Header first, then the bytes straight into the reused buffer.
-        let n = std::mem::size_of::<PagesHeader>() as u64;
-        if len < n {
-            return Err(malformed("Pages payload too short"));
-        }
-        let mut hb = [0u8; std::mem::size_of::<PagesHeader>()];
-        r.read_exact(&mut hb)?;
-        let ph: PagesHeader = fixed(&hb, "Pages")?;
-        let count = ph.count.get();
-        if count == 0 || count > MAX_PAGES_PER_FRAME {
-            return Err(malformed(format!("Pages frame with {count} pages")));
-        }
-        if len - n != u64::from(count) * PAGE_SIZE {
-            return Err(malformed(format!(
-                "Pages frame declares {count} pages but carries {} bytes",
-                len - n
-            )));
-        }
-        // A recycled buffer of the right length is overwritten as it is;
-        // clearing it first would be one more pass over every byte.
-        let mut data = spare;
-        data.resize((len - n) as usize, 0);
-        r.read_exact(&mut data)?;
-        return Ok(Frame::Pages {
-            gpa: ph.gpa.get(),
-            data,
-        });
+    Ok((kind, len))
+}
+
+/// A Pages frame's own header; `len` is the frame's payload length. The
+/// page bytes (`count` pages) follow.
+fn read_pages_head(r: &mut dyn Read, len: u64) -> Result<(u64, u32), ProtocolError> {
+    let n = std::mem::size_of::<PagesHeader>() as u64;
+    if len < n {
+        return Err(malformed("Pages payload too short"));
     }
-    let payload = read_exact_vec(r, len)?;
+    let mut hb = [0u8; std::mem::size_of::<PagesHeader>()];
+    r.read_exact(&mut hb)?;
+    let ph: PagesHeader = fixed(&hb, "Pages")?;
+    let count = ph.count.get();
+    if count == 0 || count > MAX_PAGES_PER_FRAME {
+        return Err(malformed(format!("Pages frame with {count} pages")));
+    }
+    if len - n != u64::from(count) * PAGE_SIZE {
+        return Err(malformed(format!(
+            "Pages frame declares {count} pages but carries {} bytes",
+            len - n
+        )));
+    }
+    Ok((ph.gpa.get(), count))
+}
+
+/// Decode the payload of any frame but Pages.
+fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
     Ok(match kind {
         Kind::Hello => {
             let n = std::mem::size_of::<Hello>();
@@ -433,8 +487,7 @@ pub fn read_frame_reusing(r: &mut dyn Read, spare: Vec<u8>) -> Result<Frame, Pro
         Kind::Commit => Frame::Commit,
         Kind::Reject => Frame::Reject(String::from_utf8_lossy(&payload).into_owned()),
         Kind::Cancel => Frame::Cancel(String::from_utf8_lossy(&payload).into_owned()),
-        // Decoded before the payload is read, above.
-        Kind::Pages => return Err(malformed("Pages frame decoded twice")),
+        Kind::Pages => return Err(malformed("Pages frame decoded as a small frame")),
         Kind::ZeroPages => {
             let ph: PagesHeader = fixed(&payload, "ZeroPages")?;
             if ph.count.get() == 0 {
@@ -468,9 +521,10 @@ pub fn read_frame_reusing(r: &mut dyn Read, spare: Vec<u8>) -> Result<Frame, Pro
 pub trait PageSink {
     /// The guest RAM ranges `(gpa, len)`.
     fn ranges(&self) -> &[(u64, u64)];
-    /// Store `data` (a whole number of pages) at `gpa`, already checked to
-    /// lie inside one range.
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String>;
+    /// Read exactly `len` bytes (whole pages) from `src` into RAM at
+    /// `gpa`, already checked to lie inside one range. An I/O failure is
+    /// [`ProtocolError::Io`].
+    fn fill(&mut self, gpa: u64, len: usize, src: &mut dyn Read) -> Result<(), ProtocolError>;
     /// Zero `count` pages at `gpa`, already checked.
     fn zero(&mut self, gpa: u64, count: u32) -> Result<(), String>;
 }
@@ -498,25 +552,6 @@ pub fn check_pages(ranges: &[(u64, u64)], gpa: u64, count: u32) -> Result<(), Pr
         Err(malformed(format!(
             "pages {gpa:#x}..{end:#x} lie outside guest RAM"
         )))
-    }
-}
-
-/// Apply a memory frame to a sink after validating it. Returns false for
-/// frames that are not memory frames.
-pub fn apply_memory_frame(frame: &Frame, sink: &mut dyn PageSink) -> Result<bool, ProtocolError> {
-    match frame {
-        Frame::Pages { gpa, data } => {
-            let count = (data.len() as u64 / PAGE_SIZE) as u32;
-            check_pages(sink.ranges(), *gpa, count)?;
-            sink.write(*gpa, data).map_err(malformed)?;
-            Ok(true)
-        }
-        Frame::ZeroPages { gpa, count } => {
-            check_pages(sink.ranges(), *gpa, *count)?;
-            sink.zero(*gpa, *count).map_err(malformed)?;
-            Ok(true)
-        }
-        _ => Ok(false),
     }
 }
 
@@ -551,11 +586,12 @@ impl PageSink for BufferSink {
     fn ranges(&self) -> &[(u64, u64)] {
         &self.ranges
     }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), String> {
-        let (buf, off) = self.locate(gpa)?;
-        buf.get_mut(off..off + data.len())
-            .ok_or("run past range end")?
-            .copy_from_slice(data);
+    fn fill(&mut self, gpa: u64, len: usize, src: &mut dyn Read) -> Result<(), ProtocolError> {
+        let (buf, off) = self.locate(gpa).map_err(malformed)?;
+        let dst = buf
+            .get_mut(off..off + len)
+            .ok_or_else(|| malformed("run past range end"))?;
+        src.read_exact(dst)?;
         Ok(())
     }
     fn zero(&mut self, gpa: u64, count: u32) -> Result<(), String> {
@@ -574,8 +610,7 @@ impl PageSink for BufferSink {
 pub fn parse_stream(mut r: &[u8], sink: &mut dyn PageSink) -> Result<usize, ProtocolError> {
     let mut frames = 0;
     while !r.is_empty() {
-        let frame = read_frame(&mut r)?;
-        apply_memory_frame(&frame, sink)?;
+        read_frame_into(&mut r, sink)?;
         frames += 1;
     }
     Ok(frames)

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use virtkit_core::runtime::{dirty_pages, RunState, Vm};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
 
+use crate::guest_io::{is_zero_in_place, send_all};
 use crate::model::{
     MigrationError, MigrationOptions, MigrationPhase, MigrationStats, NonConvergencePolicy,
 };
@@ -112,7 +114,10 @@ struct Sender<'a> {
     cancel: &'a CancelHandle,
     stats: MigrationStats,
     started: Instant,
+    /// Pages copied out of RAM, for streams that are not sockets.
     buf: Vec<u8>,
+    /// Per page of the chunk being sent: all zero?
+    zero: Vec<bool>,
 }
 
 impl Sender<'_> {
@@ -161,43 +166,98 @@ impl Sender<'_> {
         }
     }
 
-    /// Send the pages `[gpa, gpa + count * 4096)`, zero pages as markers.
+    /// Send the pages `[gpa, gpa + count * 4096)`, zero pages as markers,
+    /// in frames of at most [`MAX_PAGES_PER_FRAME`] pages.
     fn send_run(&mut self, gpa: u64, count: u64) -> Result<(), MigrationError> {
         let mut done = 0;
         while done < count {
             let n = (count - done).min(u64::from(MAX_PAGES_PER_FRAME));
-            let base = gpa + done * PAGE_SIZE;
-            let bytes = (n * PAGE_SIZE) as usize;
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.resize(bytes, 0);
-            self.vm.read_memory(base, &mut buf)?;
-            // Split into runs of zero and non-zero pages.
-            let mut i = 0usize;
-            while i < n as usize {
-                let zero = is_zero(&buf[i * 4096..(i + 1) * 4096]);
-                let mut j = i + 1;
-                while j < n as usize && is_zero(&buf[j * 4096..(j + 1) * 4096]) == zero {
-                    j += 1;
-                }
-                let h = PagesHeader {
-                    gpa: U64::new(base + i as u64 * PAGE_SIZE),
-                    count: U32::new((j - i) as u32),
-                    reserved: U32::new(0),
-                };
-                if zero {
-                    self.frame(Kind::ZeroPages, &[h.as_bytes()])?;
-                    self.stats.zero_pages += (j - i) as u64;
-                } else {
-                    let data = &buf[i * 4096..j * 4096];
-                    let r = self.frame(Kind::Pages, &[h.as_bytes(), data]);
-                    r?;
-                    self.stats.pages_sent += (j - i) as u64;
-                }
-                i = j;
-            }
-            self.buf = buf;
+            self.send_chunk(gpa + done * PAGE_SIZE, n as usize)?;
             done += n;
         }
+        Ok(())
+    }
+
+    /// Send at most one frame's worth of pages. Over a socket, pages are
+    /// scanned for zeros where they lie and sent from guest RAM; other
+    /// streams get a copy through `self.buf`.
+    fn send_chunk(&mut self, base: u64, n: usize) -> Result<(), MigrationError> {
+        let page = PAGE_SIZE as usize;
+        let in_place = self.stream.as_socket().is_some();
+        let memory = self.vm.memory();
+        let guest = if in_place {
+            Some(
+                memory
+                    .get_slice(GuestAddress(base), n * page)
+                    .map_err(|e| guest_memory_error(base, n, e))?,
+            )
+        } else {
+            self.buf.resize(n * page, 0);
+            self.vm.read_memory(base, &mut self.buf)?;
+            None
+        };
+        let page_slice = |i: usize| guest.as_ref().and_then(|g| g.subslice(i * page, page).ok());
+        self.zero.clear();
+        for i in 0..n {
+            self.zero.push(match page_slice(i) {
+                Some(p) => is_zero_in_place(&p),
+                None => is_zero(&self.buf[i * page..(i + 1) * page]),
+            });
+        }
+        // One frame per run of zero or of non-zero pages.
+        let mut i = 0usize;
+        while i < n {
+            let zero = self.zero[i];
+            let j = (i + 1..n).find(|&j| self.zero[j] != zero).unwrap_or(n);
+            let h = PagesHeader {
+                gpa: U64::new(base + (i * page) as u64),
+                count: U32::new((j - i) as u32),
+                reserved: U32::new(0),
+            };
+            if zero {
+                self.frame(Kind::ZeroPages, &[h.as_bytes()])?;
+                self.stats.zero_pages += (j - i) as u64;
+            } else {
+                match &guest {
+                    Some(g) => {
+                        let data = g
+                            .subslice(i * page, (j - i) * page)
+                            .map_err(|e| guest_memory_error(base, n, e.into()))?;
+                        self.pages_in_place(&h, &data)?;
+                    }
+                    None => {
+                        let data = std::mem::take(&mut self.buf);
+                        let r = self.frame(Kind::Pages, &[h.as_bytes(), &data[i * page..j * page]]);
+                        self.buf = data;
+                        r?;
+                    }
+                }
+                self.stats.pages_sent += (j - i) as u64;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// A Pages frame whose bytes go from guest RAM to the socket.
+    fn pages_in_place<B: vm_memory::bitmap::BitmapSlice>(
+        &mut self,
+        h: &PagesHeader,
+        data: &vm_memory::VolatileSlice<'_, B>,
+    ) -> Result<(), MigrationError> {
+        self.check_cancel()?;
+        let payload = (std::mem::size_of::<PagesHeader>() + data.len()) as u64;
+        let mut head = [0u8; 32];
+        head[..16].copy_from_slice(protocol::frame_header(Kind::Pages, payload).as_bytes());
+        head[16..].copy_from_slice(h.as_bytes());
+        let Some(fd) = self.stream.as_socket() else {
+            return Err(MigrationError::Precondition(
+                "the stream stopped being a socket".into(),
+            ));
+        };
+        send_all(fd, &head, data).map_err(|e| self.io(e))?;
+        self.stats.bytes_sent += 16 + payload;
+        self.throttle();
         Ok(())
     }
 
@@ -300,6 +360,7 @@ pub fn migrate(
         stats: MigrationStats::default(),
         started: Instant::now(),
         buf: Vec::new(),
+        zero: Vec::with_capacity(MAX_PAGES_PER_FRAME as usize),
     };
     let mut paused_here = false;
     let result = run(&mut s, progress, &mut paused_here);
@@ -504,6 +565,12 @@ fn run(
     Ok(())
 }
 
+fn guest_memory_error(base: u64, pages: usize, e: vm_memory::GuestMemoryError) -> MigrationError {
+    MigrationError::Vm(virtkit_core::runtime::RuntimeError::GuestMemory(format!(
+        "{pages} pages at {base:#x}: {e}"
+    )))
+}
+
 fn iteration_done(iteration: u32, pages: u64) -> Vec<u8> {
     protocol::IterationDone {
         iteration: U32::new(iteration),
@@ -517,15 +584,23 @@ fn iteration_done(iteration: u32, pages: u64) -> Vec<u8> {
 /// Read the peer's next frame; its Cancel becomes `PeerCancelled`, a
 /// failed read `Connection`.
 pub(crate) fn read_peer(r: &mut dyn std::io::Read) -> Result<Frame, MigrationError> {
-    read_peer_reusing(r, Vec::new())
+    peer_frame(protocol::read_frame(r))
 }
 
-/// [`read_peer`] with a spare Pages buffer (see `read_frame_reusing`).
-pub(crate) fn read_peer_reusing(
+/// [`read_peer`] on the destination, with memory frames applied to `sink`.
+pub(crate) fn read_peer_into(
     r: &mut dyn std::io::Read,
-    spare: Vec<u8>,
-) -> Result<Frame, MigrationError> {
-    match protocol::read_frame_reusing(r, spare) {
+    sink: &mut dyn protocol::PageSink,
+) -> Result<protocol::Incoming, MigrationError> {
+    match protocol::read_frame_into(r, sink) {
+        Ok(protocol::Incoming::Frame(f)) => peer_frame(Ok(f)).map(protocol::Incoming::Frame),
+        Ok(memory) => Ok(memory),
+        Err(e) => peer_frame(Err(e)).map(protocol::Incoming::Frame),
+    }
+}
+
+fn peer_frame(r: Result<Frame, protocol::ProtocolError>) -> Result<Frame, MigrationError> {
+    match r {
         Ok(Frame::Cancel(reason)) => Err(MigrationError::PeerCancelled(reason)),
         Ok(f) => Ok(f),
         Err(protocol::ProtocolError::Io(e)) => Err(MigrationError::Connection(e)),

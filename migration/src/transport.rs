@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,13 @@ pub trait MigrationStream: Read + Write + Send {
     fn shutdown(&self) -> io::Result<()>;
     /// Another handle to the same connection (used to cancel).
     fn try_clone_stream(&self) -> io::Result<Box<dyn MigrationStream>>;
+    /// The socket, when the stream is one with nothing buffered in
+    /// between: guest pages then move between RAM and the socket with no
+    /// copy in user space. `None` (the default) sends them through
+    /// `Read`/`Write` with a buffer.
+    fn as_socket(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl MigrationStream for TcpStream {
@@ -23,6 +31,9 @@ impl MigrationStream for TcpStream {
     fn try_clone_stream(&self) -> io::Result<Box<dyn MigrationStream>> {
         Ok(Box::new(self.try_clone()?))
     }
+    fn as_socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
+    }
 }
 
 impl MigrationStream for UnixStream {
@@ -31,6 +42,9 @@ impl MigrationStream for UnixStream {
     }
     fn try_clone_stream(&self) -> io::Result<Box<dyn MigrationStream>> {
         Ok(Box::new(self.try_clone()?))
+    }
+    fn as_socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 

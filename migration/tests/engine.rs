@@ -73,8 +73,15 @@ fn spawn_target(
     stream: UnixStream,
     secret: &'static [u8],
 ) -> JoinHandle<Result<Received, MigrationError>> {
+    spawn_target_on(Box::new(stream), secret)
+}
+
+fn spawn_target_on(
+    stream: Box<dyn MigrationStream>,
+    secret: &'static [u8],
+) -> JoinHandle<Result<Received, MigrationError>> {
     std::thread::spawn(move || {
-        receive(Box::new(stream), secret, |layout| {
+        receive(stream, secret, |layout| {
             VmBuilder::new(layout.vm_config("dst")).build()
         })
     })
@@ -116,16 +123,62 @@ fn assert_source_unharmed(vm: &Vm) {
     wait_counter(vm, c);
 }
 
+/// A connection that does not expose its socket, so pages travel through
+/// `Read`/`Write` and a buffer on both sides (what a TLS stream or a
+/// user's own transport gets).
+struct NotASocket(UnixStream);
+
+impl Read for NotASocket {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(b)
+    }
+}
+
+impl Write for NotASocket {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl MigrationStream for NotASocket {
+    fn shutdown(&self) -> std::io::Result<()> {
+        self.0.shutdown(std::net::Shutdown::Both)
+    }
+    fn try_clone_stream(&self) -> std::io::Result<Box<dyn MigrationStream>> {
+        Ok(Box::new(NotASocket(self.0.try_clone()?)))
+    }
+}
+
 #[test]
 fn guest_moves_and_continues_its_count_with_identical_memory() {
     if !kvm_present() {
         return;
     }
-    let src = source(256);
     let (a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, SECRET);
+    migrate_and_check(Box::new(a), Box::new(b));
+}
+
+#[test]
+fn a_stream_that_is_not_a_socket_moves_pages_through_buffers() {
+    if !kvm_present() {
+        return;
+    }
+    let (a, b) = UnixStream::pair().unwrap();
+    assert!(NotASocket(a.try_clone().unwrap()).as_socket().is_none());
+    migrate_and_check(Box::new(NotASocket(a)), Box::new(NotASocket(b)));
+}
+
+/// Migrate a guest rewriting 256 pages over `a` (source end) and `b`, and
+/// check the memory checksums, the phases, the counts and that the guest
+/// counts on where it was paused.
+fn migrate_and_check(a: Box<dyn MigrationStream>, b: Box<dyn MigrationStream>) {
+    let src = source(256);
+    let target = spawn_target_on(b, SECRET);
     let phases = std::sync::Mutex::new(Vec::new());
-    let stats = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|p| {
+    let stats = migrate(&src, a, &opts(), &CancelHandle::new(), &|p| {
         let mut v = phases.lock().unwrap();
         if v.last() != Some(&p.phase) {
             v.push(p.phase);
