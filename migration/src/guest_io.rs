@@ -14,7 +14,7 @@ use vm_memory::VolatileSlice;
 /// True when every byte of `page` is zero. The guest may be writing the
 /// page as it is scanned, so it is read with volatile loads; a page that
 /// changes afterwards is in the dirty log and goes again next pass.
-pub(crate) fn is_zero_in_place<B: BitmapSlice>(page: &VolatileSlice<'_, B>) -> bool {
+pub fn is_zero_in_place<B: BitmapSlice>(page: &VolatileSlice<'_, B>) -> bool {
     let guard = page.ptr_guard();
     let words = page.len() / 8;
     let base = guard.as_ptr().cast::<u64>();
@@ -47,7 +47,7 @@ pub(crate) fn is_zero_in_place<B: BitmapSlice>(page: &VolatileSlice<'_, B>) -> b
 /// `fd`, all of them: `sendmsg` with two iovecs, continued after partial
 /// sends. `MSG_NOSIGNAL`: a peer that went away is an `EPIPE` error, not
 /// a signal that kills the embedding program.
-pub(crate) fn send_all<B: BitmapSlice>(
+pub fn send_all<B: BitmapSlice>(
     fd: BorrowedFd<'_>,
     head: &[u8],
     body: &VolatileSlice<'_, B>,

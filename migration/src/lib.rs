@@ -6,7 +6,8 @@
 //! - [`transport`]: TCP (bindable to a migration-network address) and unix
 //!   sockets behind [`transport::MigrationStream`].
 //! - [`source::migrate`] / [`destination::receive`] (feature `kvm`): the
-//!   engine.
+//!   engine; [`guest_io`]: its copy-free path between guest RAM and a
+//!   socket.
 //! - [`model`]: options, KubeVirt phases, statistics, errors.
 //! - [`limiter`]: `parallelMigrationsPerCluster` /
 //!   `parallelOutboundMigrationsPerNode` queueing.
@@ -20,7 +21,7 @@ pub mod transport;
 #[cfg(feature = "kvm")]
 pub mod destination;
 #[cfg(feature = "kvm")]
-mod guest_io;
+pub mod guest_io;
 #[cfg(feature = "kvm")]
 pub mod source;
 

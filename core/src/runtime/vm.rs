@@ -581,29 +581,6 @@ impl Vm {
             })
     }
 
-    /// Populate the host pages behind `[addr, addr + len)` in one call
-    /// (`MADV_POPULATE_WRITE`) instead of one page fault per 4 KiB page at
-    /// the first write, so a helper thread can take that cost off a bulk
-    /// writer (an incoming migration does). Advisory: clamped to the RAM
-    /// region holding `addr`; ignored outside RAM and by kernels before 5.14.
-    pub fn prefault(&self, addr: u64, len: u64) {
-        let Some(region) = self.memory.find_region(GuestAddress(addr)) else {
-            return;
-        };
-        let Ok(host) = self.memory.get_host_address(GuestAddress(addr)) else {
-            return;
-        };
-        let end = region.start_addr().0 + region.len();
-        let len = len.min(end - addr) as usize;
-        // SAFETY: `[host, host + len)` lies inside one live guest RAM mapping
-        // (clamped to its region's end above); populating pages does not
-        // change their contents.
-        let rc = unsafe { libc::madvise(host.cast(), len, libc::MADV_POPULATE_WRITE) };
-        if rc != 0 {
-            log::debug!("MADV_POPULATE_WRITE: {}", std::io::Error::last_os_error());
-        }
-    }
-
     /// Read bytes from guest memory.
     pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), RuntimeError> {
         self.memory
