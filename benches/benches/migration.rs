@@ -344,10 +344,8 @@ fn qemu_data_files(size: u64) -> Option<Vec<(PathBuf, u64)>> {
     let chunk = data_chunk();
     let mut out = Vec::new();
     for (i, (addr, len)) in parts.into_iter().enumerate() {
-        let path = std::env::temp_dir().join(format!(
-            "virtkit-bench-qemu-{}-{i}.bin",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("virtkit-bench-qemu-{}-{i}.bin", std::process::id()));
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).ok()?);
         let mut left = len;
         while left > 0 {
@@ -386,8 +384,20 @@ fn qemu_migration(bytes: u64, data: bool) -> Option<(f64, f64)> {
         Vec::new()
     };
     let mut common: Vec<String> = [
-        "-machine", "q35", "-accel", "tcg", "-m", "", "-S", "-nodefaults", "-display", "none",
-        "-monitor", "none", "-serial", "none",
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-m",
+        "",
+        "-S",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())

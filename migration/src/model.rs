@@ -233,3 +233,51 @@ pub enum MigrationError {
     #[error("{0}")]
     Precondition(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(phase: MigrationPhase, failure: Option<&str>) -> MigrationRecord {
+        MigrationRecord {
+            uid: "mig-1".into(),
+            phase,
+            start_timestamp: rfc3339(SystemTime::UNIX_EPOCH),
+            end_timestamp: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(90)),
+            failure: failure.map(str::to_string),
+            stats: MigrationStats {
+                downtime: Downtime {
+                    pause: Duration::from_millis(1),
+                    final_copy: Duration::from_millis(2),
+                    state_transfer: Duration::from_millis(3),
+                    total: Duration::from_millis(6),
+                },
+                ..MigrationStats::default()
+            },
+            target_address: "10.0.0.2:4444".into(),
+        }
+    }
+
+    #[test]
+    fn a_record_becomes_the_vmi_migration_state() {
+        let ok = record(MigrationPhase::Succeeded, None).migration_state();
+        assert_eq!((ok.completed, ok.failed), (Some(true), Some(false)));
+        assert_eq!(ok.start_timestamp.as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(ok.end_timestamp.as_deref(), Some("1970-01-01T00:01:30Z"));
+        assert_eq!(ok.migration_uid.as_deref(), Some("mig-1"));
+        assert_eq!(ok.target_node_address.as_deref(), Some("10.0.0.2:4444"));
+        let failed = record(MigrationPhase::Failed, Some("cancelled")).migration_state();
+        assert_eq!((failed.completed, failed.failed), (Some(false), Some(true)));
+    }
+
+    #[test]
+    fn statistics_serialize_the_downtime_split_in_seconds() {
+        let v = serde_json::to_value(record(MigrationPhase::Succeeded, None)).unwrap();
+        let d = &v["stats"]["downtime"];
+        assert_eq!(d["pause"], 0.001);
+        assert_eq!(d["final_copy"], 0.002);
+        assert_eq!(d["state_transfer"], 0.003);
+        assert_eq!(d["total"], 0.006);
+        assert_eq!(v["phase"], "Succeeded");
+    }
+}
