@@ -4,6 +4,7 @@
 //! Validation never changes the object; run [`crate::defaults`] first if the
 //! defaulted form is what should be checked.
 
+mod migratable;
 mod objects;
 mod placement;
 mod report;
@@ -11,6 +12,10 @@ mod service;
 pub mod syntax;
 mod vmi;
 
+pub use migratable::{
+    live_migratability, migration_admission, Blocker, Finding, Migratability, MigrationMethod,
+    MigrationRequestContext, LIVE_MIGRATABLE, LIVE_MIGRATION_GATE,
+};
 pub use objects::{cert_config, cni_config, data_volume_spec, migration_config};
 pub use report::{Report, Severity, Violation, P};
 pub use service::{service_exposure, ExposedPort};
