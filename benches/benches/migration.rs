@@ -105,34 +105,9 @@ fn hot_paths(c: &mut Criterion) {
     report_ratio("guest_pages_to_socket", N as u64, ours, "raw write", peer);
 }
 
-/// Seconds per call of `send` writing into a loopback TCP connection that
-/// a reader thread drains into one reused buffer.
-fn to_socket(mut send: impl FnMut(&mut TcpStream)) -> f64 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let reader = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accept");
-        let mut buf = vec![0u8; 1 << 20];
-        while let Ok(k) = s.read(&mut buf) {
-            if k == 0 {
-                break;
-            }
-        }
-    });
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).ok();
-    let secs = seconds_per_call(Duration::from_secs(2), || send(&mut s));
-    drop(s);
-    let _ = reader.join();
-    secs
-}
-
-/// Loopback TCP throughput for `bytes` from one writer thread to one
-/// reader reading into a reused 1 MiB buffer. The writer sends `source`
-/// over and over in 4 MiB writes: a 4 MiB buffer (hot in cache, the
-/// socket's best case) or as many distinct bytes as are sent (what a
-/// migration must read).
-fn socket_limit(bytes: u64, source: &[u8]) -> f64 {
+/// A loopback TCP connection whose far end a thread drains into one
+/// reused 1 MiB buffer; the thread returns the bytes it read.
+fn drained_loopback() -> (TcpStream, std::thread::JoinHandle<u64>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let reader = std::thread::spawn(move || {
@@ -147,8 +122,27 @@ fn socket_limit(bytes: u64, source: &[u8]) -> f64 {
         }
         n
     });
-    let mut s = TcpStream::connect(addr).expect("connect");
+    let s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).ok();
+    (s, reader)
+}
+
+/// Seconds per call of `send` writing into a drained loopback connection.
+fn to_socket(mut send: impl FnMut(&mut TcpStream)) -> f64 {
+    let (mut s, reader) = drained_loopback();
+    let secs = seconds_per_call(Duration::from_secs(2), || send(&mut s));
+    drop(s);
+    let _ = reader.join();
+    secs
+}
+
+/// Loopback TCP throughput for `bytes` from one writer thread to one
+/// reader reading into a reused 1 MiB buffer. The writer sends `source`
+/// over and over in 4 MiB writes: a 4 MiB buffer (hot in cache, the
+/// socket's best case) or as many distinct bytes as are sent (what a
+/// migration must read).
+fn socket_limit(bytes: u64, source: &[u8]) -> f64 {
+    let (mut s, reader) = drained_loopback();
     let t = Instant::now();
     let mut sent = 0;
     'all: loop {
