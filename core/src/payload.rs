@@ -162,6 +162,80 @@ pub fn halt() -> Result<Payload, PayloadError> {
     real_mode(&mut a)
 }
 
+/// Offset of [`pit_ticks`]'s interrupt handler in its code segment.
+const TICK_HANDLER: u16 = 0x100;
+/// The vector [`pit_ticks`] gives IRQ 0 (the master PIC's base).
+pub const TICK_VECTOR: u8 = 0x20;
+
+/// Real mode: program the 8259 PICs (master base [`TICK_VECTOR`], only
+/// IRQ 0 unmasked) and the 8254 PIT's channel 0 as a rate generator with
+/// `divisor` (1.193182 MHz / divisor ticks a second), then `sti; hlt`
+/// forever. Each tick's handler adds one to the u64 at [`COUNTER_ADDR`]
+/// and acknowledges the PIC. The guest only counts while the PIC, the PIT
+/// and the local APIC hold the state it programmed: a migration that
+/// leaves any of them behind stops the count.
+pub fn pit_ticks(divisor: u16) -> Result<Payload, PayloadError> {
+    let mut a = CodeAssembler::new(16)?;
+    let mut idle = a.create_label();
+    a.cli()?;
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    // IVT entry of TICK_VECTOR: offset, then segment.
+    let ivt = u32::from(TICK_VECTOR) * 4;
+    a.mov(word_ptr(ivt), u32::from(TICK_HANDLER))?;
+    a.mov(word_ptr(ivt + 2), (LOAD_ADDR >> 4) as u32)?;
+    // ICW1..ICW4 to both PICs, then the masks.
+    for (port, value) in [
+        (0x20, 0x11),
+        (0xa0, 0x11),
+        (0x21, u32::from(TICK_VECTOR)),
+        (0xa1, u32::from(TICK_VECTOR) + 8),
+        (0x21, 0x04),
+        (0xa1, 0x02),
+        (0x21, 0x01),
+        (0xa1, 0x01),
+        (0x21, 0xfe),
+        (0xa1, 0xff),
+    ] {
+        a.mov(al, value)?;
+        a.out(port, al)?;
+    }
+    // Channel 0, lobyte/hibyte, mode 2.
+    a.mov(al, 0x34u32)?;
+    a.out(0x43, al)?;
+    a.mov(al, u32::from(divisor & 0xff))?;
+    a.out(0x40, al)?;
+    a.mov(al, u32::from(divisor >> 8))?;
+    a.out(0x40, al)?;
+    a.sti()?;
+    a.set_label(&mut idle)?;
+    a.hlt()?;
+    a.jmp(idle)?;
+    let mut code = a.assemble(0)?;
+    if code.len() > usize::from(TICK_HANDLER) {
+        return Err(PayloadError(format!(
+            "tick setup is {} bytes; the handler is placed at {TICK_HANDLER:#x}",
+            code.len()
+        )));
+    }
+    code.resize(usize::from(TICK_HANDLER), 0x90);
+    let mut h = CodeAssembler::new(16)?;
+    h.push(ax)?;
+    h.add(dword_ptr(COUNTER_ADDR as u32), 1)?;
+    h.adc(dword_ptr(COUNTER_ADDR as u32 + 4), 0)?;
+    h.mov(al, 0x20u32)?;
+    h.out(0x20, al)?;
+    h.pop(ax)?;
+    h.iret()?;
+    code.extend(h.assemble(u64::from(TICK_HANDLER))?);
+    Ok(Payload {
+        code,
+        load_addr: LOAD_ADDR,
+        entry: real_mode_entry(),
+        min_memory: LOAD_ADDR + 0x1_0000,
+    })
+}
+
 /// Long mode: forever (or `iterations` times, then power off), increment
 /// the u64 at [`COUNTER_ADDR`] and write its new value into page
 /// `counter % pages` of the range starting at [`TOUCH_BASE`]. Every

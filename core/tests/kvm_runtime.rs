@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virtkit_core::payload::{self, SerialCapture, COUNTER_ADDR, TOUCH_BASE};
-use virtkit_core::runtime::{RunState, RuntimeError, Vm, VmBuilder, VmConfig, VmExit};
+use virtkit_core::runtime::{
+    PlatformState, RunState, RuntimeError, Vm, VmBuilder, VmConfig, VmExit,
+};
 
 fn kvm_present() -> bool {
     if std::path::Path::new("/dev/kvm").exists() {
@@ -187,6 +189,177 @@ fn vcpu_state_restored_into_a_second_vm_continues_the_count() {
     wait_for_counter(&a, saved_count);
     a.stop().unwrap();
     b.stop().unwrap();
+}
+
+/// A VM that counts PIT ticks (the guest programmed the PIC and PIT),
+/// paused after `ticks` ticks, with its RAM, vCPU and clock state.
+fn ticking_source(
+    ticks: u64,
+) -> (
+    Vm,
+    Vec<u8>,
+    Vec<Box<virtkit_core::runtime::VcpuState>>,
+    virtkit_core::runtime::VmClockState,
+) {
+    // 1193 ≈ 1 kHz.
+    let a = VmBuilder::new(config(1, 2)).build().unwrap();
+    payload::pit_ticks(1193).unwrap().load(&a).unwrap();
+    a.start().unwrap();
+    wait_for_counter(&a, ticks);
+    a.pause().unwrap();
+    let mut ram = vec![0u8; a.config().memory_bytes as usize];
+    a.read_memory(0, &mut ram).unwrap();
+    let vcpus = a.save_vcpus().unwrap();
+    let clock = a.save_clock().unwrap();
+    (a, ram, vcpus, clock)
+}
+
+/// A fresh VM holding `ram` and the vCPU and clock state, not started.
+fn copy_of(
+    ram: &[u8],
+    vcpus: &[Box<virtkit_core::runtime::VcpuState>],
+    clock: &virtkit_core::runtime::VmClockState,
+) -> Vm {
+    let b = VmBuilder::new(config(1, 2)).build().unwrap();
+    b.write_memory(0, ram).unwrap();
+    b.restore_vcpus(vcpus).unwrap();
+    b.restore_clock(clock).unwrap();
+    b
+}
+
+#[test]
+fn device_state_carries_the_interrupt_controllers_and_timer_to_a_second_vm() {
+    if !kvm_present() {
+        return;
+    }
+    let (a, ram, vcpus, clock) = ticking_source(20);
+    let devices = a.save_devices().unwrap();
+    let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["platform", "com1", "acpi-pm1a"]);
+    assert_eq!(a.device_state_ids(), ids);
+    let saved = counter(&a);
+
+    // Control: without the device state the PIT on the copy was never
+    // programmed, so the guest halts for good and the count stays put.
+    let bare = copy_of(&ram, &vcpus, &clock);
+    bare.start().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(counter(&bare), saved, "a fresh PIT must not tick");
+    bare.stop().unwrap();
+
+    // With it, the ticks go on from the saved count.
+    let b = copy_of(&ram, &vcpus, &clock);
+    b.restore_devices(&devices).unwrap();
+    // What was loaded reads back the same (the PIT's load time aside,
+    // which KVM stamps anew when a count is loaded).
+    let back = b.save_devices().unwrap();
+    for (x, y) in devices.iter().zip(&back).skip(1) {
+        assert_eq!(x, y);
+    }
+    use zerocopy::IntoBytes;
+    let (sent, got) = (
+        PlatformState::from_bytes(&devices[0].state).unwrap(),
+        PlatformState::from_bytes(&back[0].state).unwrap(),
+    );
+    assert_eq!(sent.pic_master.as_bytes(), got.pic_master.as_bytes());
+    assert_eq!(sent.ioapic.as_bytes(), got.ioapic.as_bytes());
+    assert_eq!(sent.pit.channels[0].mode, 2, "the guest's rate generator");
+    assert_eq!(got.pit.channels[0].mode, 2);
+    assert_eq!(got.pit.channels[0].count, 1193);
+    b.start().unwrap();
+    let later = wait_for_counter(&b, saved + 20);
+    assert!(later > saved + 20);
+    b.stop().unwrap();
+    a.resume().unwrap();
+    wait_for_counter(&a, saved);
+    a.stop().unwrap();
+}
+
+#[test]
+fn device_states_that_do_not_match_the_vm_are_refused_whole() {
+    if !kvm_present() {
+        return;
+    }
+    use virtkit_core::runtime::{DeviceState, Snapshot, StateError};
+    let a = VmBuilder::new(config(1, 2)).build().unwrap();
+    // The guest has not read these bytes: they travel in the 16550's FIFO.
+    a.serial_input(b"typed ahead").unwrap();
+    let mut states = a.save_devices().unwrap();
+
+    // A device the target lacks, and one the source lacked.
+    struct Flag(Arc<Mutex<Vec<u8>>>);
+    impl Snapshot for Flag {
+        fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+            if state.first() != Some(&1) {
+                return Err(StateError::Corrupt("not a flag".into()));
+            }
+            *self.0.lock().unwrap() = state.to_vec();
+            Ok(())
+        }
+    }
+    let b = VmBuilder::new(config(1, 2)).build().unwrap();
+    let flag = Arc::new(Mutex::new(vec![0u8]));
+    b.add_device_state("disk/0", Arc::new(Mutex::new(Flag(flag.clone()))))
+        .unwrap();
+    assert!(b
+        .add_device_state("disk/0", Arc::new(Mutex::new(Flag(flag.clone()))))
+        .is_err());
+    assert!(b
+        .add_device_state("platform", Arc::new(Mutex::new(Flag(flag.clone()))))
+        .is_err());
+    assert!(b
+        .add_device_state("bad id", Arc::new(Mutex::new(Flag(flag.clone()))))
+        .is_err());
+    states.push(DeviceState {
+        id: "nic/1".into(),
+        state: vec![1],
+    });
+    let before = b.save_devices().unwrap();
+    match b.restore_devices(&states) {
+        Err(RuntimeError::DeviceMismatch {
+            missing,
+            unexpected,
+        }) => {
+            assert_eq!(missing, ["disk/0"]);
+            assert_eq!(unexpected, ["nic/1"]);
+        }
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(b.save_devices().unwrap(), before, "nothing was loaded");
+
+    // Matching ids, but a blob the device refuses: a typed error naming it.
+    states.last_mut().unwrap().id = "disk/0".into();
+    states.last_mut().unwrap().state = vec![9];
+    let e = b.restore_devices(&states).unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::DeviceState { device, .. } if device == "disk/0"),
+        "{e}"
+    );
+    // A corrupt 16550 blob is refused too.
+    let mut bad = states.clone();
+    bad[1].state.truncate(10);
+    let e = b.restore_devices(&bad).unwrap_err();
+    assert!(e.to_string().contains("com1"), "{e}");
+
+    states.last_mut().unwrap().state = vec![1, 2];
+    b.restore_devices(&states).unwrap();
+    assert_eq!(*flag.lock().unwrap(), [1, 2]);
+    // The unread input arrived with the 16550.
+    let com1 = |vm: &Vm| {
+        vm.save_devices()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.id == "com1")
+            .unwrap()
+            .state
+    };
+    assert_eq!(com1(&b), com1(&a));
+    assert!(com1(&b).windows(11).any(|w| w == b"typed ahead"));
+    assert!(b.remove_device_state("disk/0"));
+    assert!(!b.remove_device_state("disk/0"));
 }
 
 #[test]

@@ -5,10 +5,15 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::bus::BusDevice;
+use super::snapshot::Snapshot;
+use super::state::{check_state_head, StateError};
 use super::VmExit;
 
 /// COM1 base port.
@@ -34,7 +39,30 @@ impl Trigger for EventFdTrigger {
 
 /// The COM1 16550 UART; what the guest transmits goes to any `Write`.
 pub struct SerialDevice {
-    inner: Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    inner: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+}
+
+/// Magic of a [`SerialSnapshot`].
+pub const SERIAL_STATE_MAGIC: [u8; 8] = *b"VK16550\0";
+/// Bytes the 16550's receive FIFO holds.
+pub const SERIAL_FIFO: usize = 64;
+
+/// A 16550's registers and unread input, version 1.
+#[derive(Clone, Copy, IntoBytes, FromBytes, Immutable)]
+#[repr(C)]
+pub struct SerialSnapshot {
+    /// [`SERIAL_STATE_MAGIC`].
+    pub magic: [u8; 8],
+    /// 1.
+    pub version: U32,
+    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 9],
+    /// Bytes of `fifo` in use.
+    pub fifo_len: u8,
+    /// Zero.
+    pub reserved: [u8; 2],
+    /// Input the guest has not read yet.
+    pub fifo: [u8; SERIAL_FIFO],
 }
 
 impl SerialDevice {
@@ -51,6 +79,74 @@ impl SerialDevice {
             .enqueue_raw_bytes(bytes)
             .map(|_| ())
             .map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl Snapshot for SerialDevice {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        let st = self.inner.state();
+        let mut fifo = [0u8; SERIAL_FIFO];
+        let n = st.in_buffer.len().min(SERIAL_FIFO);
+        fifo[..n].copy_from_slice(&st.in_buffer[..n]);
+        let snap = SerialSnapshot {
+            magic: SERIAL_STATE_MAGIC,
+            version: U32::new(1),
+            registers: [
+                st.baud_divisor_low,
+                st.baud_divisor_high,
+                st.interrupt_enable,
+                st.interrupt_identification,
+                st.line_control,
+                st.line_status,
+                st.modem_control,
+                st.modem_status,
+                st.scratch,
+            ],
+            fifo_len: n as u8,
+            reserved: [0; 2],
+            fifo,
+        };
+        Ok(snap.as_bytes().to_vec())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let size = std::mem::size_of::<SerialSnapshot>();
+        check_state_head(state, SERIAL_STATE_MAGIC, 1..=1, size)?;
+        let snap = SerialSnapshot::read_from_bytes(state).map_err(|_| StateError::Size {
+            got: state.len(),
+            expected: size,
+        })?;
+        let n = usize::from(snap.fifo_len);
+        if n > SERIAL_FIFO {
+            return Err(StateError::Corrupt(format!(
+                "16550 FIFO holds {n} bytes, at most {SERIAL_FIFO}"
+            )));
+        }
+        let [dll, dlm, ier, iir, lcr, lsr, mcr, msr, scr] = snap.registers;
+        let st = SerialState {
+            baud_divisor_low: dll,
+            baud_divisor_high: dlm,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: snap.fifo[..n].to_vec(),
+        };
+        let irq = self
+            .inner
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| StateError::Corrupt(format!("16550 IRQ eventfd: {e}")))?;
+        // The output and the IRQ line move to the rebuilt UART; the
+        // checks above mean from_state cannot refuse the state.
+        let out = std::mem::replace(self.inner.writer_mut(), Box::new(std::io::sink()));
+        self.inner = Serial::from_state(&st, EventFdTrigger(irq), NoEvents, out)
+            .map_err(|e| StateError::Corrupt(format!("16550 state: {e:?}")))?;
+        Ok(())
     }
 }
 
@@ -108,6 +204,42 @@ impl BusDevice for PowerControl {
             self.value &= !PM1_SLP_EN;
             (self.request)(VmExit::PowerOff);
         }
+    }
+}
+
+/// Magic of a PM1a control state.
+pub const PM1A_STATE_MAGIC: [u8; 8] = *b"VKPM1A\0\0";
+
+/// PM1a_CNT's value, version 1.
+#[derive(Clone, Copy, IntoBytes, FromBytes, Immutable)]
+#[repr(C)]
+struct Pm1aSnapshot {
+    magic: [u8; 8],
+    version: U32,
+    value: U16,
+    reserved: U16,
+}
+
+impl Snapshot for PowerControl {
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        let snap = Pm1aSnapshot {
+            magic: PM1A_STATE_MAGIC,
+            version: U32::new(1),
+            value: U16::new(self.value),
+            reserved: U16::new(0),
+        };
+        Ok(snap.as_bytes().to_vec())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let size = std::mem::size_of::<Pm1aSnapshot>();
+        check_state_head(state, PM1A_STATE_MAGIC, 1..=1, size)?;
+        let snap = Pm1aSnapshot::read_from_bytes(state).map_err(|_| StateError::Size {
+            got: state.len(),
+            expected: size,
+        })?;
+        self.value = snap.value.get() & !PM1_SLP_EN;
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ pub mod devices;
 pub mod irq;
 pub mod memory;
 pub mod pinning;
+pub mod snapshot;
 pub mod state;
 mod vcpu;
 mod vm;
@@ -28,7 +29,8 @@ pub use boot::BootState;
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use cpu::{CpuConfig, CpuError, HostCpuInfo, Topology};
 pub use irq::Interrupts;
-pub use state::{StateError, VcpuState, VmClockState};
+pub use snapshot::{DeviceState, SharedSnapshot, Snapshot};
+pub use state::{PlatformState, StateError, VcpuState, VmClockState};
 pub use vm::{dirty_pages, DirtyBitmap, RunState, Vm, VmBuilder, VmConfig};
 
 use std::fmt;
@@ -186,12 +188,43 @@ pub enum RuntimeError {
     /// Saved state could not be used.
     #[error(transparent)]
     State(#[from] StateError),
+    /// One device's state could not be saved or loaded.
+    #[error("device {device:?}: {source}")]
+    DeviceState {
+        /// The device's id.
+        device: String,
+        /// Why.
+        #[source]
+        source: StateError,
+    },
+    /// Saved device states do not match this VM's devices.
+    #[error(
+        "device states do not match this VM's devices: {}",
+        describe_mismatch(missing, unexpected)
+    )]
+    DeviceMismatch {
+        /// Devices of this VM with no state given.
+        missing: Vec<String>,
+        /// States for devices this VM does not have.
+        unexpected: Vec<String>,
+    },
     /// The guest CPU configuration cannot run here.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
     /// A device range could not be mapped.
     #[error(transparent)]
     Bus(#[from] BusError),
+}
+
+fn describe_mismatch(missing: &[String], unexpected: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("no state for {}", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("no device for {}", unexpected.join(", ")));
+    }
+    parts.join("; ")
 }
 
 pub(crate) fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RuntimeError {

@@ -7,8 +7,8 @@
 //! x86-64 native (little-endian) layouts from kvm-bindings.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
+    kvm_clock_data, kvm_irqchip, kvm_lapic_state, kvm_msr_entry, kvm_pit_state2, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
@@ -17,6 +17,8 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 pub const VCPU_STATE_MAGIC: [u8; 8] = *b"VKVCPU\0\0";
 /// Magic of a [`VmClockState`].
 pub const CLOCK_STATE_MAGIC: [u8; 8] = *b"VKCLOCK\0";
+/// Magic of a [`PlatformState`].
+pub const PLATFORM_STATE_MAGIC: [u8; 8] = *b"VKPLATF\0";
 /// The version this build writes.
 pub const STATE_VERSION: u32 = 1;
 /// MSR slots in a [`VcpuState`].
@@ -62,7 +64,7 @@ pub enum StateError {
     #[error("bad magic {0:?}")]
     Magic([u8; 8]),
     /// A version this build cannot read.
-    #[error("unsupported state version {0} (this build reads version 1)")]
+    #[error("unsupported state version {0}")]
     Version(u32),
     /// Inconsistent content.
     #[error("corrupt state: {0}")]
@@ -168,17 +170,108 @@ impl VmClockState {
 
     /// Read and check a clock state.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
+        check_state_head(
+            bytes,
+            CLOCK_STATE_MAGIC,
+            STATE_VERSION..=STATE_VERSION,
+            std::mem::size_of::<Self>(),
+        )?;
+        Self::read_from_bytes(bytes).map_err(|_| StateError::Size {
+            got: bytes.len(),
+            expected: std::mem::size_of::<Self>(),
+        })
+    }
+}
+
+/// Check the 12-byte head every state blob starts with (an 8-byte magic,
+/// then a little-endian `u32` version) and that the blob is exactly
+/// `size` bytes; returns the version. Devices outside this crate use it
+/// for their own blobs.
+pub fn check_state_head(
+    bytes: &[u8],
+    magic: [u8; 8],
+    readable: std::ops::RangeInclusive<u32>,
+    size: usize,
+) -> Result<u32, StateError> {
+    let head = bytes.get(..12).ok_or(StateError::Size {
+        got: bytes.len(),
+        expected: size,
+    })?;
+    if head[..8] != magic {
+        let mut got = [0u8; 8];
+        got.copy_from_slice(&head[..8]);
+        return Err(StateError::Magic(got));
+    }
+    let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if !readable.contains(&version) {
+        return Err(StateError::Version(version));
+    }
+    if bytes.len() != size {
+        return Err(StateError::Size {
+            got: bytes.len(),
+            expected: size,
+        });
+    }
+    Ok(version)
+}
+
+/// The VM's in-kernel platform devices, version 1: the two 8259 PICs and
+/// the IOAPIC (`KVM_GET_IRQCHIP`) and the 8254 PIT (`KVM_GET_PIT2`).
+#[derive(Clone, Copy, IntoBytes, FromBytes, Immutable)]
+#[repr(C)]
+pub struct PlatformState {
+    /// [`PLATFORM_STATE_MAGIC`].
+    pub magic: [u8; 8],
+    /// [`STATE_VERSION`].
+    pub version: U32,
+    /// Reserved, zero.
+    pub reserved: U32,
+    /// Master 8259 (chip 0).
+    pub pic_master: kvm_irqchip,
+    /// Slave 8259 (chip 1).
+    pub pic_slave: kvm_irqchip,
+    /// IOAPIC (chip 2).
+    pub ioapic: kvm_irqchip,
+    /// The PIT's three channels and flags.
+    pub pit: kvm_pit_state2,
+}
+
+impl PlatformState {
+    /// A zeroed state with the header set.
+    pub fn new() -> Self {
+        let mut s = Self::new_zeroed();
+        s.magic = PLATFORM_STATE_MAGIC;
+        s.version = U32::new(STATE_VERSION);
+        s
+    }
+
+    /// Read and check a platform state; never panics on any input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
+        check_state_head(
+            bytes,
+            PLATFORM_STATE_MAGIC,
+            STATE_VERSION..=STATE_VERSION,
+            std::mem::size_of::<Self>(),
+        )?;
         let s = Self::read_from_bytes(bytes).map_err(|_| StateError::Size {
             got: bytes.len(),
             expected: std::mem::size_of::<Self>(),
         })?;
-        if s.magic != CLOCK_STATE_MAGIC {
-            return Err(StateError::Magic(s.magic));
-        }
-        if s.version.get() != STATE_VERSION {
-            return Err(StateError::Version(s.version.get()));
+        for (chip, want) in [(&s.pic_master, 0), (&s.pic_slave, 1), (&s.ioapic, 2)] {
+            if chip.chip_id != want {
+                return Err(StateError::Corrupt(format!(
+                    "irqchip {want} is labelled chip {}",
+                    chip.chip_id
+                )));
+            }
         }
         Ok(s)
+    }
+}
+
+impl Default for PlatformState {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -229,5 +322,42 @@ mod tests {
         let back = VmClockState::from_bytes(c.as_bytes()).unwrap();
         assert_eq!(back.clock.clock, 42);
         assert!(VmClockState::from_bytes(&[0u8; 3]).is_err());
+    }
+
+    #[test]
+    fn platform_state_is_checked() {
+        let mut p = PlatformState::new();
+        p.pic_slave.chip_id = 1;
+        p.ioapic.chip_id = 2;
+        p.pit.channels[0].count = 1193;
+        let bytes = p.as_bytes().to_vec();
+        assert_eq!(
+            PlatformState::from_bytes(&bytes).unwrap().pit.channels[0].count,
+            1193
+        );
+        assert!(matches!(
+            PlatformState::from_bytes(&bytes[..100]),
+            Err(StateError::Size { .. })
+        ));
+        assert!(matches!(
+            PlatformState::from_bytes(&bytes[..5]),
+            Err(StateError::Size { .. })
+        ));
+        let mut bad = bytes.clone();
+        bad[8] = 2;
+        assert!(matches!(
+            PlatformState::from_bytes(&bad),
+            Err(StateError::Version(2))
+        ));
+        let mut q = p;
+        q.ioapic.chip_id = 0;
+        assert!(matches!(
+            PlatformState::from_bytes(q.as_bytes()),
+            Err(StateError::Corrupt(_))
+        ));
+        assert!(matches!(
+            PlatformState::from_bytes(VmClockState::new(Default::default()).as_bytes()),
+            Err(StateError::Magic(_))
+        ));
     }
 }

@@ -23,9 +23,10 @@ use super::devices::{
 };
 use super::irq::Interrupts;
 use super::memory::{self, GuestMem, HugePageSize, RamRange, PAGE_SIZE};
-use super::state::{VcpuState, VmClockState, MAX_MSRS, SAVED_MSRS};
+use super::snapshot::{self, DeviceState, SharedSnapshot, COM1_ID, PLATFORM_ID, PM1A_ID};
+use super::state::{PlatformState, VcpuState, VmClockState, MAX_MSRS, SAVED_MSRS};
 use super::vcpu::{self, Control, Request};
-use super::{kvm_err, RuntimeError, VmExit};
+use super::{kvm_err, RuntimeError, StateError, VmExit};
 use crate::spec::vmi::VmiSpec;
 
 /// How long pause/stop wait for every vCPU to acknowledge.
@@ -260,13 +261,14 @@ impl VmBuilder {
             .register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD"))?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, self.serial_out)));
+        let power = Arc::new(Mutex::new(PowerControl::new(request.clone())));
         let mut pio = Bus::new();
         pio.insert(COM1_PORT, 8, serial.clone())?;
-        pio.insert(
-            PM1A_CNT_PORT,
-            2,
-            Arc::new(Mutex::new(PowerControl::new(request.clone()))),
-        )?;
+        pio.insert(PM1A_CNT_PORT, 2, power.clone())?;
+        let device_states: Vec<(String, SharedSnapshot)> = vec![
+            (COM1_ID.to_string(), serial.clone()),
+            (PM1A_ID.to_string(), power),
+        ];
         pio.insert(
             RESET_PORT,
             1,
@@ -339,6 +341,7 @@ impl VmBuilder {
             handles: Mutex::new(Vec::new()),
             state: Mutex::new(RunState::Created),
             serial,
+            device_states: Mutex::new(device_states),
             dirty_logging: Mutex::new(vec![false; slots]),
             msr_list,
             cpuid_signature,
@@ -406,7 +409,7 @@ fn map_roms(
 }
 
 /// Lock a mutex, recovering from poisoning (the data are plain values).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -517,6 +520,9 @@ pub struct Vm {
     handles: Mutex<Vec<JoinHandle<()>>>,
     state: Mutex<RunState>,
     serial: Arc<Mutex<SerialDevice>>,
+    /// Devices whose state migrates, by id (the in-kernel platform
+    /// devices, [`PLATFORM_ID`], are saved through the VM fd instead).
+    device_states: Mutex<Vec<(String, SharedSnapshot)>>,
     dirty_logging: Mutex<Vec<bool>>,
     msr_list: Vec<u32>,
     cpuid_signature: u64,
@@ -963,6 +969,142 @@ impl Vm {
             restore_vcpu(&v.lock().unwrap_or_else(|p| p.into_inner()), s)?;
         }
         Ok(())
+    }
+
+    /// Register a device whose state migrates with the guest under `id`
+    /// (see [`snapshot`](super::snapshot)). A target VM registers the
+    /// same devices under the same ids; a device that leaves (hot-unplug)
+    /// is removed with [`Vm::remove_device_state`].
+    pub fn add_device_state(&self, id: &str, device: SharedSnapshot) -> Result<(), RuntimeError> {
+        snapshot::check_device_id(id).map_err(RuntimeError::InvalidConfig)?;
+        let mut devices = lock(&self.device_states);
+        if id == PLATFORM_ID || devices.iter().any(|(d, _)| d == id) {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "a device with state is registered as {id:?} already"
+            )));
+        }
+        devices.push((id.to_string(), device));
+        Ok(())
+    }
+
+    /// Stop migrating the state of the device registered as `id`;
+    /// whether it was registered.
+    pub fn remove_device_state(&self, id: &str) -> bool {
+        let mut devices = lock(&self.device_states);
+        let before = devices.len();
+        devices.retain(|(d, _)| d != id);
+        devices.len() != before
+    }
+
+    /// The ids of every device whose state migrates, [`PLATFORM_ID`]
+    /// first.
+    pub fn device_state_ids(&self) -> Vec<String> {
+        std::iter::once(PLATFORM_ID.to_string())
+            .chain(lock(&self.device_states).iter().map(|(id, _)| id.clone()))
+            .collect()
+    }
+
+    /// Save every device's state: the in-kernel PICs, IOAPIC and PIT
+    /// first, then each registered device. The VM must be paused (or not
+    /// started).
+    pub fn save_devices(&self) -> Result<Vec<DeviceState>, RuntimeError> {
+        self.expect_state(
+            "save the devices of",
+            &[RunState::Paused, RunState::Created],
+        )?;
+        let mut out = vec![DeviceState {
+            id: PLATFORM_ID.to_string(),
+            state: zerocopy::IntoBytes::as_bytes(&self.save_platform()?).to_vec(),
+        }];
+        for (id, dev) in lock(&self.device_states).iter() {
+            let state = lock(dev)
+                .save_state()
+                .map_err(|source| RuntimeError::DeviceState {
+                    device: id.clone(),
+                    source,
+                })?;
+            out.push(DeviceState {
+                id: id.clone(),
+                state,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Load device states saved by [`Vm::save_devices`] on a VM with the
+    /// same devices. The ids must match this VM's exactly: a device
+    /// without a state, or a state without a device, is an error before
+    /// anything is loaded. The VM must be paused (or not started).
+    pub fn restore_devices(&self, states: &[DeviceState]) -> Result<(), RuntimeError> {
+        self.expect_state(
+            "restore the devices of",
+            &[RunState::Paused, RunState::Created],
+        )?;
+        let devices = lock(&self.device_states);
+        let ours = std::iter::once(PLATFORM_ID).chain(devices.iter().map(|(id, _)| id.as_str()));
+        let theirs = states.iter().map(|s| s.id.as_str());
+        if let Some((missing, unexpected)) = snapshot::id_mismatch(ours, theirs) {
+            return Err(RuntimeError::DeviceMismatch {
+                missing,
+                unexpected,
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = states.iter().find(|s| !seen.insert(s.id.as_str())) {
+            return Err(RuntimeError::DeviceState {
+                device: dup.id.clone(),
+                source: StateError::Corrupt("state given twice".into()),
+            });
+        }
+        // Check the platform blob before any device changes.
+        let platform = states
+            .iter()
+            .find(|s| s.id == PLATFORM_ID)
+            .map(|s| PlatformState::from_bytes(&s.state))
+            .transpose()
+            .map_err(|source| RuntimeError::DeviceState {
+                device: PLATFORM_ID.to_string(),
+                source,
+            })?;
+        for s in states.iter().filter(|s| s.id != PLATFORM_ID) {
+            if let Some((_, dev)) = devices.iter().find(|(id, _)| *id == s.id) {
+                lock(dev)
+                    .restore_state(&s.state)
+                    .map_err(|source| RuntimeError::DeviceState {
+                        device: s.id.clone(),
+                        source,
+                    })?;
+            }
+        }
+        if let Some(p) = platform {
+            self.restore_platform(&p)?;
+        }
+        Ok(())
+    }
+
+    fn save_platform(&self) -> Result<PlatformState, RuntimeError> {
+        let mut s = PlatformState::new();
+        for (chip, id) in [
+            (&mut s.pic_master, 0),
+            (&mut s.pic_slave, 1),
+            (&mut s.ioapic, 2),
+        ] {
+            chip.chip_id = id;
+            self.vm_fd
+                .get_irqchip(chip)
+                .map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+        }
+        s.pit = self.vm_fd.get_pit2().map_err(kvm_err("KVM_GET_PIT2"))?;
+        Ok(s)
+    }
+
+    fn restore_platform(&self, s: &PlatformState) -> Result<(), RuntimeError> {
+        for chip in [&s.pic_master, &s.pic_slave, &s.ioapic] {
+            self.vm_fd
+                .set_irqchip(chip)
+                .map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+        }
+        self.vm_fd.set_pit2(&s.pit).map_err(kvm_err("KVM_SET_PIT2"))
     }
 
     /// Save the KVM clock.
