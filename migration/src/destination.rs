@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use hmac::Mac;
-use virtkit_core::runtime::{RuntimeError, VcpuState, Vm, VmClockState, VmConfig};
+use virtkit_core::runtime::{DeviceState, RuntimeError, VcpuState, Vm, VmClockState, VmConfig};
 use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileMemoryError};
 use zerocopy::little_endian::U64;
 use zerocopy::IntoBytes;
@@ -31,6 +31,11 @@ pub struct TargetLayout {
     pub ranges: Vec<(u64, u64)>,
     /// The source's CPUID signature.
     pub cpuid_signature: u64,
+    /// The stream's version.
+    pub version: u32,
+    /// Ids of the source's devices with state, which the target VM must
+    /// register too (empty for a version-1 stream).
+    pub devices: Vec<String>,
 }
 
 impl TargetLayout {
@@ -182,6 +187,41 @@ fn reject(stream: &mut dyn MigrationStream, reason: String) -> MigrationError {
     MigrationError::Rejected(reason)
 }
 
+/// Load devices, vCPUs and clock into the paused target, then compare
+/// the memory checksum with the source's (0: not asked for). Returns the
+/// target's checksum.
+fn load_state(
+    vm: &Vm,
+    layout: &TargetLayout,
+    devices: &[DeviceState],
+    vcpus: &[Box<VcpuState>],
+    clock: Option<&VmClockState>,
+    source_sum: u64,
+) -> Result<u64, MigrationError> {
+    if vcpus.len() != usize::from(layout.vcpus) {
+        return Err(MigrationError::Protocol(ProtocolError::Malformed(format!(
+            "{} vCPU states for {} vCPUs",
+            vcpus.len(),
+            layout.vcpus
+        ))));
+    }
+    if layout.version >= 2 {
+        vm.restore_devices(devices)?;
+    }
+    vm.restore_vcpus(vcpus)?;
+    if let Some(c) = clock {
+        vm.restore_clock(c)?;
+    }
+    if source_sum == 0 {
+        return Ok(0);
+    }
+    let target = memory_checksum(vm)?;
+    if target != source_sum {
+        return Err(MigrationError::ChecksumMismatch { source_sum, target });
+    }
+    Ok(target)
+}
+
 /// Receive a migration on `stream`. `build` makes the VM once the Hello
 /// has been checked; it must have the layout asked for (the VM is checked
 /// against it). On success the guest runs on the returned VM.
@@ -216,6 +256,7 @@ fn receive_inner(
             memory_bytes,
             cpuid_hash,
             ranges,
+            devices,
             raw,
         } => {
             if !(MIN_READABLE_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -233,6 +274,8 @@ fn receive_inner(
                     memory_bytes,
                     ranges,
                     cpuid_signature: cpuid_hash,
+                    version,
+                    devices,
                 },
                 raw,
             )
@@ -289,6 +332,24 @@ fn receive_inner(
             "CPU features differ between source and target (CPUID signatures do not match)".into(),
         ));
     }
+    if layout.version >= 2 {
+        let ours = vm.device_state_ids();
+        if let Some((missing, unexpected)) = virtkit_core::runtime::snapshot::id_mismatch(
+            ours.iter().map(String::as_str),
+            layout.devices.iter().map(String::as_str),
+        ) {
+            let e = RuntimeError::DeviceMismatch {
+                missing,
+                unexpected,
+            };
+            return Err(reject(rd.inner, format!("target devices differ: {e}")));
+        }
+    } else {
+        log::warn!(
+            "version-{} stream carries no device state: the guest's devices start fresh",
+            layout.version
+        );
+    }
     protocol::write_frame(rd.inner, Kind::Accept, &[]).map_err(MigrationError::Connection)?;
     rd.inner.flush().map_err(MigrationError::Connection)?;
 
@@ -302,6 +363,7 @@ fn receive_inner(
     let mut sink = VmSink::new(&vm, ours, socket);
     let mut vcpus = Vec::new();
     let mut clock = None;
+    let mut devices = Vec::new();
     let applied = loop {
         match read_peer_into(&mut rd, &mut sink)? {
             Incoming::Pages { count, .. } => stats.pages += u64::from(count),
@@ -312,6 +374,9 @@ fn receive_inner(
                     return Err(unexpected("Complete", &Frame::VcpuState(Vec::new())));
                 }
                 vcpus.push(VcpuState::from_bytes(&bytes).map_err(RuntimeError::from)?);
+            }
+            Incoming::Frame(Frame::DeviceState { id, state }) if layout.version >= 2 => {
+                devices.push(DeviceState { id, state })
             }
             Incoming::Frame(Frame::Clock(bytes)) => {
                 clock = Some(VmClockState::from_bytes(&bytes).map_err(RuntimeError::from)?)
@@ -325,29 +390,15 @@ fn receive_inner(
     let socket_bytes = sink.socket_bytes;
     let source_sum = applied?;
     let t0 = Instant::now();
-    if vcpus.len() != usize::from(layout.vcpus) {
-        return Err(MigrationError::Protocol(ProtocolError::Malformed(format!(
-            "{} vCPU states for {} vCPUs",
-            vcpus.len(),
-            layout.vcpus
-        ))));
-    }
-    vm.restore_vcpus(&vcpus)?;
-    if let Some(c) = &clock {
-        vm.restore_clock(c)?;
-    }
-    stats.checksum = if source_sum != 0 {
-        memory_checksum(&vm)?
-    } else {
-        0
-    };
-    if source_sum != 0 && stats.checksum != source_sum {
-        let e = MigrationError::ChecksumMismatch {
-            source_sum,
-            target: stats.checksum,
-        };
-        let _ = protocol::write_frame(rd.inner, Kind::Cancel, &[e.to_string().as_bytes()]);
-        return Err(e);
+    // Load everything; a failure tells the source why before giving up.
+    let loaded = load_state(&vm, &layout, &devices, &vcpus, clock.as_ref(), source_sum);
+    match loaded {
+        Ok(sum) => stats.checksum = sum,
+        Err(e) => {
+            let _ = protocol::write_frame(rd.inner, Kind::Cancel, &[e.to_string().as_bytes()]);
+            let _ = rd.inner.flush();
+            return Err(e);
+        }
     }
     let confirm = protocol::Checksum {
         xxh3: U64::new(stats.checksum),

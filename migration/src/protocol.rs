@@ -1,4 +1,4 @@
-//! The migration wire protocol, version 1.
+//! The migration wire protocol, version 2.
 //!
 //! Every message is a frame: a 16-byte little-endian [`FrameHeader`]
 //! (`tag` 0x4B56 "VK", `kind`, reserved, payload `len`) followed by `len`
@@ -15,14 +15,16 @@
 //!   Auth(HMAC(secret, nonce‖hello)) ▶ verifies (constant time)
 //!                    ◀───────────── Accept | Reject(reason)
 //!   Pages / ZeroPages / IterationDone … (precopy passes)
-//!   VcpuState × n, Clock, Complete(checksum)
+//!   DeviceState × d, VcpuState × n, Clock, Complete(checksum)
 //!                    ◀───────────── Confirm(checksum)   (state loaded)
 //!   Commit ─────────────────────────▶ resumes the guest
 //! ```
 //! Either side may send `Cancel(reason)` at any point before `Commit`.
 //!
 //! Compatibility rule: a release reads streams of its own version and of
-//! the previous one (`MIN_READABLE_VERSION..=PROTOCOL_VERSION`).
+//! the previous one (`MIN_READABLE_VERSION..=PROTOCOL_VERSION`). Version 2
+//! added the device ids in the Hello and the DeviceState frames; a
+//! version-1 stream has neither, and its guest's devices start fresh.
 
 use std::io::{Read, Write};
 
@@ -30,7 +32,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The version this build writes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest version this build reads.
 pub const MIN_READABLE_VERSION: u32 = 1;
 /// `"VK"` in every frame header.
@@ -45,8 +47,12 @@ pub const MAX_PAGES_PER_FRAME: u32 = 1024;
 pub const MAX_RANGES: u32 = 64;
 /// Longest reason text.
 pub const MAX_TEXT: u64 = 4096;
-/// Longest opaque state blob (vCPU or clock state).
+/// Longest opaque state blob (vCPU, clock or device state).
 pub const MAX_STATE: u64 = 1 << 20;
+/// Most devices with state a Hello may name.
+pub const MAX_DEVICES: u32 = 256;
+/// Longest device id.
+pub const MAX_DEVICE_ID: usize = 64;
 
 /// Frame kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +86,8 @@ pub enum Kind {
     Commit = 13,
     /// Either way: abandon the migration.
     Cancel = 14,
+    /// One device's saved state (version 2).
+    DeviceState = 15,
 }
 
 impl Kind {
@@ -100,6 +108,7 @@ impl Kind {
             12 => Confirm,
             13 => Commit,
             14 => Cancel,
+            15 => DeviceState,
             _ => return None,
         })
     }
@@ -119,7 +128,9 @@ pub struct FrameHeader {
     pub len: U64,
 }
 
-/// Hello payload (followed by `range_count` [`WireRange`]s).
+/// Hello payload, followed by `range_count` [`WireRange`]s and then
+/// `device_count` device ids, each a length byte and that many ASCII
+/// bytes (version 1 streams have none).
 #[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct Hello {
@@ -135,6 +146,17 @@ pub struct Hello {
     pub cpuid_hash: U64,
     /// RAM ranges that follow.
     pub range_count: U32,
+    /// Device ids that follow the ranges (version 2; zero in version 1).
+    pub device_count: U32,
+}
+
+/// DeviceState payload head; the id (`id_len` ASCII bytes) and then the
+/// device's blob follow.
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DeviceStateHeader {
+    /// Bytes of the id.
+    pub id_len: U32,
     /// Zero.
     pub reserved: U32,
 }
@@ -196,6 +218,8 @@ pub enum Frame {
         cpuid_hash: u64,
         /// RAM ranges.
         ranges: Vec<(u64, u64)>,
+        /// Ids of the devices whose state will follow.
+        devices: Vec<String>,
         /// The raw payload (authenticated by Auth).
         raw: Vec<u8>,
     },
@@ -232,6 +256,13 @@ pub enum Frame {
     VcpuState(Vec<u8>),
     /// The clock blob.
     Clock(Vec<u8>),
+    /// One device's state.
+    DeviceState {
+        /// The device's id.
+        id: String,
+        /// Its blob.
+        state: Vec<u8>,
+    },
     /// All sent.
     Complete {
         /// Source checksum (0 = none).
@@ -283,12 +314,13 @@ pub fn write_frame(w: &mut dyn Write, kind: Kind, parts: &[&[u8]]) -> std::io::R
     Ok(())
 }
 
-/// Build a Hello frame's payload.
+/// Build a Hello frame's payload (this build's version).
 pub fn hello_payload(
     vcpus: u32,
     memory_bytes: u64,
     cpuid_hash: u64,
     ranges: &[(u64, u64)],
+    devices: &[String],
 ) -> Vec<u8> {
     let h = Hello {
         magic: HELLO_MAGIC,
@@ -297,7 +329,7 @@ pub fn hello_payload(
         memory_bytes: U64::new(memory_bytes),
         cpuid_hash: U64::new(cpuid_hash),
         range_count: U32::new(ranges.len() as u32),
-        reserved: U32::new(0),
+        device_count: U32::new(devices.len() as u32),
     };
     let mut v = h.as_bytes().to_vec();
     for &(gpa, len) in ranges {
@@ -309,7 +341,37 @@ pub fn hello_payload(
             .as_bytes(),
         );
     }
+    for id in devices {
+        // Ids are checked where devices register (at most 64 bytes).
+        let id = &id.as_bytes()[..id.len().min(MAX_DEVICE_ID)];
+        v.push(id.len() as u8);
+        v.extend_from_slice(id);
+    }
     v
+}
+
+/// A DeviceState frame's payload head and id, to send before the blob.
+pub fn device_state_head(id: &str) -> Vec<u8> {
+    let mut v = DeviceStateHeader {
+        id_len: U32::new(id.len() as u32),
+        reserved: U32::new(0),
+    }
+    .as_bytes()
+    .to_vec();
+    v.extend_from_slice(id.as_bytes());
+    v
+}
+
+/// A device id off the wire: 1 to [`MAX_DEVICE_ID`] printable ASCII
+/// bytes (the runtime's own id rules are checked when states load).
+fn wire_device_id(bytes: &[u8]) -> Result<String, ProtocolError> {
+    if bytes.is_empty() || bytes.len() > MAX_DEVICE_ID || !bytes.iter().all(u8::is_ascii_graphic) {
+        return Err(malformed(format!(
+            "device id of {} bytes is not 1 to {MAX_DEVICE_ID} printable ASCII bytes",
+            bytes.len()
+        )));
+    }
+    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn read_exact_vec(r: &mut dyn Read, len: u64) -> Result<Vec<u8>, ProtocolError> {
@@ -400,8 +462,9 @@ fn read_head(r: &mut dyn Read) -> Result<(Kind, u64), ProtocolError> {
     let len = h.len.get();
     let max = match kind {
         Kind::Hello => {
-            (std::mem::size_of::<Hello>() + MAX_RANGES as usize * std::mem::size_of::<WireRange>())
-                as u64
+            (std::mem::size_of::<Hello>()
+                + MAX_RANGES as usize * std::mem::size_of::<WireRange>()
+                + MAX_DEVICES as usize * (1 + MAX_DEVICE_ID)) as u64
         }
         Kind::Challenge | Kind::Auth => 32,
         Kind::Accept | Kind::Commit => 0,
@@ -412,6 +475,9 @@ fn read_head(r: &mut dyn Read) -> Result<(Kind, u64), ProtocolError> {
         Kind::ZeroPages => std::mem::size_of::<PagesHeader>() as u64,
         Kind::IterationDone => std::mem::size_of::<IterationDone>() as u64,
         Kind::VcpuState | Kind::Clock => MAX_STATE,
+        Kind::DeviceState => {
+            std::mem::size_of::<DeviceStateHeader>() as u64 + MAX_DEVICE_ID as u64 + MAX_STATE
+        }
         Kind::Complete | Kind::Confirm => std::mem::size_of::<Checksum>() as u64,
     };
     if len > max {
@@ -461,23 +527,49 @@ fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
             }
             let count = hello.range_count.get();
             let rest = &payload[n..];
-            if count > MAX_RANGES || rest.len() != count as usize * std::mem::size_of::<WireRange>()
-            {
+            let range_bytes = count as usize * std::mem::size_of::<WireRange>();
+            if count > MAX_RANGES || rest.len() < range_bytes {
                 return Err(malformed(format!(
                     "Hello declares {count} ranges but carries {} bytes of them",
                     rest.len()
                 )));
             }
-            let ranges = rest
+            let (range_part, mut id_part) = rest.split_at(range_bytes);
+            let ranges = range_part
                 .chunks_exact(std::mem::size_of::<WireRange>())
                 .map(|c| fixed::<WireRange>(c, "range").map(|w| (w.gpa.get(), w.len.get())))
                 .collect::<Result<Vec<_>, _>>()?;
+            let device_count = hello.device_count.get();
+            if device_count > MAX_DEVICES {
+                return Err(malformed(format!(
+                    "Hello names {device_count} devices, at most {MAX_DEVICES}"
+                )));
+            }
+            let mut devices = Vec::with_capacity(device_count as usize);
+            for _ in 0..device_count {
+                let (&len, tail) = id_part
+                    .split_first()
+                    .ok_or_else(|| malformed("Hello ends inside its device ids"))?;
+                if tail.len() < usize::from(len) {
+                    return Err(malformed("Hello ends inside its device ids"));
+                }
+                let (id, tail) = tail.split_at(usize::from(len));
+                devices.push(wire_device_id(id)?);
+                id_part = tail;
+            }
+            if !id_part.is_empty() {
+                return Err(malformed(format!(
+                    "Hello carries {} bytes after its ranges and device ids",
+                    id_part.len()
+                )));
+            }
             Frame::Hello {
                 version: hello.version.get(),
                 vcpus: hello.vcpus.get(),
                 memory_bytes: hello.memory_bytes.get(),
                 cpuid_hash: hello.cpuid_hash.get(),
                 ranges,
+                devices,
                 raw: payload,
             }
         }
@@ -507,6 +599,20 @@ fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
         }
         Kind::VcpuState => Frame::VcpuState(payload),
         Kind::Clock => Frame::Clock(payload),
+        Kind::DeviceState => {
+            let n = std::mem::size_of::<DeviceStateHeader>();
+            let head: DeviceStateHeader =
+                fixed(payload.get(..n).unwrap_or(&payload), "DeviceState")?;
+            let id_len = head.id_len.get() as usize;
+            let id = payload
+                .get(n..n.saturating_add(id_len))
+                .ok_or_else(|| malformed("DeviceState ends inside its id"))?;
+            let id = wire_device_id(id)?;
+            Frame::DeviceState {
+                id,
+                state: payload[n + id_len..].to_vec(),
+            }
+        }
         Kind::Complete => Frame::Complete {
             checksum: fixed::<Checksum>(&payload, "Complete")?.xxh3.get(),
         },
@@ -640,7 +746,7 @@ mod tests {
 
     #[test]
     fn round_trip_of_every_frame() {
-        let hello = hello_payload(2, 64 << 20, 7, &[(0, 64 << 20)]);
+        let hello = hello_payload(2, 64 << 20, 7, &[(0, 64 << 20)], &["platform".into()]);
         let mut stream = frame(Kind::Hello, &hello);
         stream.extend(frame(Kind::Challenge, &[1; 32]));
         stream.extend(frame(Kind::Accept, &[]));
@@ -654,13 +760,15 @@ mod tests {
                 memory_bytes,
                 cpuid_hash,
                 ranges,
+                devices,
                 ..
             } => {
                 assert_eq!(
                     (version, vcpus, memory_bytes, cpuid_hash),
-                    (1, 2, 64 << 20, 7)
+                    (PROTOCOL_VERSION, 2, 64 << 20, 7)
                 );
                 assert_eq!(ranges, vec![(0, 64 << 20)]);
+                assert_eq!(devices, ["platform"]);
             }
             f => panic!("{f:?}"),
         }
@@ -712,12 +820,56 @@ mod tests {
             Err(ProtocolError::Malformed(_))
         ));
         // Wrong hello magic.
-        let mut hello = hello_payload(1, 4096, 0, &[(0, 4096)]);
+        let mut hello = hello_payload(1, 4096, 0, &[(0, 4096)], &[]);
         hello[0] = b'X';
         assert!(matches!(
             read_frame(&mut &frame(Kind::Hello, &hello)[..]),
             Err(ProtocolError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn device_state_frames_and_device_ids() {
+        let mut head = device_state_head("pci/0000:00:03.0");
+        head.extend_from_slice(b"blob");
+        let f = frame(Kind::DeviceState, &head);
+        assert_eq!(
+            read_frame(&mut &f[..]).unwrap(),
+            Frame::DeviceState {
+                id: "pci/0000:00:03.0".into(),
+                state: b"blob".to_vec()
+            }
+        );
+        // An id longer than the payload, empty, or not printable.
+        for (id_len, id) in [(99u32, &b"abc"[..]), (0, b""), (3, b"a\nb")] {
+            let mut p = id_len.to_le_bytes().to_vec();
+            p.extend_from_slice(&[0; 4]);
+            p.extend_from_slice(id);
+            assert!(
+                matches!(
+                    read_frame(&mut &frame(Kind::DeviceState, &p)[..]),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{id_len} {id:?}"
+            );
+        }
+        assert!(read_frame(&mut &frame(Kind::DeviceState, &[1, 0])[..]).is_err());
+        // Hello device ids: cut short, too many, trailing bytes.
+        let ok = hello_payload(1, 4096, 0, &[(0, 4096)], &["a".into(), "bb".into()]);
+        for bad in [
+            ok[..ok.len() - 1].to_vec(),
+            [ok.clone(), vec![0]].concat(),
+            {
+                let mut v = ok.clone();
+                v[36..40].copy_from_slice(&(MAX_DEVICES + 1).to_le_bytes());
+                v
+            },
+        ] {
+            assert!(matches!(
+                read_frame(&mut &frame(Kind::Hello, &bad)[..]),
+                Err(ProtocolError::Malformed(_))
+            ));
+        }
     }
 
     #[test]

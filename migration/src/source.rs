@@ -419,6 +419,7 @@ fn run(
         vm.config().memory_bytes,
         vm.cpuid_signature(),
         &ranges,
+        &vm.device_state_ids(),
     );
     s.frame(Kind::Hello, &[&hello])?;
     let nonce = match s.read()? {
@@ -528,6 +529,10 @@ fn run(
     } else {
         0
     };
+    for device in vm.save_devices()? {
+        let head = protocol::device_state_head(&device.id);
+        s.frame(Kind::DeviceState, &[&head, &device.state])?;
+    }
     for state in vm.save_vcpus()? {
         s.frame(Kind::VcpuState, &[state.to_bytes()])?;
     }

@@ -245,7 +245,7 @@ fn wrong_version_is_refused() {
     }
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)]);
+    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[]);
     hello[8..12].copy_from_slice(&99u32.to_le_bytes());
     protocol::write_frame(&mut a, Kind::Hello, &[&hello]).unwrap();
     match protocol::read_frame(&mut a).unwrap() {
@@ -258,16 +258,17 @@ fn wrong_version_is_refused() {
     ));
 }
 
-#[test]
-fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
-    if !kvm_present() {
-        return;
-    }
-    let (mut a, b) = UnixStream::pair().unwrap();
-    let target = spawn_target(b, SECRET);
-    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)]);
-    protocol::write_frame(&mut a, Kind::Hello, &[&hello]).unwrap();
-    let nonce = match protocol::read_frame(&mut a).unwrap() {
+/// The devices with state every VM has.
+fn standard_devices() -> Vec<String> {
+    use virtkit_core::runtime::snapshot::{COM1_ID, PLATFORM_ID, PM1A_ID};
+    [PLATFORM_ID, COM1_ID, PM1A_ID].map(String::from).to_vec()
+}
+
+/// Play the source's side of the handshake by hand with `hello`, up to
+/// the target's Accept.
+fn handshake(a: &mut UnixStream, hello: &[u8]) {
+    protocol::write_frame(a, Kind::Hello, &[hello]).unwrap();
+    let nonce = match protocol::read_frame(a).unwrap() {
         protocol::Frame::Challenge(n) => n,
         f => panic!("{f:?}"),
     };
@@ -275,12 +276,205 @@ fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
     let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET).unwrap();
     mac.update(b"virtkit-migration-v1");
     mac.update(&nonce);
-    mac.update(&hello);
-    protocol::write_frame(&mut a, Kind::Auth, &[&mac.finalize().into_bytes()]).unwrap();
-    assert_eq!(
+    mac.update(hello);
+    protocol::write_frame(a, Kind::Auth, &[&mac.finalize().into_bytes()]).unwrap();
+    assert_eq!(protocol::read_frame(a).unwrap(), protocol::Frame::Accept);
+}
+
+#[test]
+fn a_version_1_stream_is_still_read() {
+    if !kvm_present() {
+        return;
+    }
+    // What the previous release sends: a Hello of version 1 (no device
+    // ids), memory, vCPU states and the clock, no DeviceState frames.
+    let src = VmBuilder::new(VmConfig {
+        name: "v1".into(),
+        vcpus: 1,
+        memory_bytes: 8 << 20,
+    })
+    .build()
+    .unwrap();
+    payload::touch_pages(16, None, 0)
+        .unwrap()
+        .load(&src)
+        .unwrap();
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[]);
+    hello[8..12].copy_from_slice(&1u32.to_le_bytes());
+    handshake(&mut a, &hello);
+    let mut ram = vec![0u8; 8 << 20];
+    src.read_memory(0, &mut ram).unwrap();
+    for (i, chunk) in ram.chunks(1024 * 4096).enumerate() {
+        let mut head = Vec::new();
+        head.extend_from_slice(&(i as u64 * 1024 * 4096).to_le_bytes());
+        head.extend_from_slice(&1024u32.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        protocol::write_frame(&mut a, Kind::Pages, &[&head, chunk]).unwrap();
+    }
+    for v in src.save_vcpus().unwrap() {
+        protocol::write_frame(&mut a, Kind::VcpuState, &[v.to_bytes()]).unwrap();
+    }
+    let clock = src.save_clock().unwrap();
+    protocol::write_frame(
+        &mut a,
+        Kind::Clock,
+        &[zerocopy::IntoBytes::as_bytes(&clock)],
+    )
+    .unwrap();
+    protocol::write_frame(&mut a, Kind::Complete, &[&0u64.to_le_bytes()]).unwrap();
+    assert!(matches!(
         protocol::read_frame(&mut a).unwrap(),
-        protocol::Frame::Accept
+        protocol::Frame::Confirm { .. }
+    ));
+    protocol::write_frame(&mut a, Kind::Commit, &[]).unwrap();
+    let got = target.join().unwrap().unwrap();
+    wait_counter(&got.vm, 100);
+    got.vm.stop().unwrap();
+
+    // A DeviceState frame has no place in a version-1 stream.
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    handshake(&mut a, &hello);
+    let head = protocol::device_state_head("com1");
+    protocol::write_frame(&mut a, Kind::DeviceState, &[&head, b"x"]).unwrap();
+    let e = target.join().unwrap().err().unwrap();
+    assert!(e.to_string().contains("DeviceState"), "{e}");
+}
+
+#[test]
+fn a_ticking_guest_keeps_its_interrupt_controllers_and_timer() {
+    if !kvm_present() {
+        return;
+    }
+    // The guest counts PIT interrupts through the PIC: it only goes on
+    // counting on the target if their state moved with it.
+    let src = VmBuilder::new(VmConfig {
+        name: "ticks".into(),
+        vcpus: 1,
+        memory_bytes: 8 << 20,
+    })
+    .build()
+    .unwrap();
+    payload::pit_ticks(1193).unwrap().load(&src).unwrap();
+    src.serial_input(b"unread").unwrap();
+    src.start().unwrap();
+    wait_counter(&src, 20);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let stats = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap();
+    let got = target.join().unwrap().unwrap();
+    assert_eq!(stats.checksum, Some(got.stats.checksum));
+    let paused_at = counter(&src);
+    let later = wait_counter(&got.vm, paused_at + 20);
+    assert!(later > paused_at + 20);
+    got.vm.pause().unwrap();
+    let com1 = got
+        .vm
+        .save_devices()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.id == "com1")
+        .unwrap();
+    assert!(com1.state.windows(6).any(|w| w == b"unread"));
+    got.vm.stop().unwrap();
+}
+
+#[test]
+fn a_target_with_other_devices_is_refused_before_any_page() {
+    if !kvm_present() {
+        return;
+    }
+    struct Nothing;
+    impl virtkit_core::runtime::Snapshot for Nothing {
+        fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+            Ok(Vec::new())
+        }
+        fn restore_state(&mut self, _: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+            Ok(())
+        }
+    }
+    let src = source(16);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = std::thread::spawn(move || {
+        receive(Box::new(b), SECRET, |layout| {
+            let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+            vm.add_device_state("disk/0", Arc::new(std::sync::Mutex::new(Nothing)))?;
+            Ok(vm)
+        })
+    });
+    let e = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(
+        matches!(&e, MigrationError::Rejected(r) if r.contains("no state for disk/0")),
+        "{e}"
     );
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+    src.stop().unwrap();
+}
+
+/// A device whose blob is one byte; restoring refuses anything but 1.
+struct Picky(u8);
+impl virtkit_core::runtime::Snapshot for Picky {
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        Ok(vec![self.0])
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        match state {
+            [1] => Ok(()),
+            _ => Err(virtkit_core::runtime::StateError::Corrupt(
+                "picky wants 1".into(),
+            )),
+        }
+    }
+}
+
+#[test]
+fn a_device_state_the_target_refuses_cancels_and_the_source_runs_on() {
+    if !kvm_present() {
+        return;
+    }
+    for (sent, ok) in [(1u8, true), (7, false)] {
+        let src = source(16);
+        src.add_device_state("picky", Arc::new(std::sync::Mutex::new(Picky(sent))))
+            .unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let target = std::thread::spawn(move || {
+            receive(Box::new(b), SECRET, |layout| {
+                assert!(layout.devices.iter().any(|d| d == "picky"));
+                let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+                vm.add_device_state("picky", Arc::new(std::sync::Mutex::new(Picky(0))))?;
+                Ok(vm)
+            })
+        });
+        let r = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {});
+        let t = target.join().unwrap();
+        if ok {
+            r.unwrap();
+            t.unwrap().vm.stop().unwrap();
+            continue;
+        }
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, MigrationError::PeerCancelled(m) if m.contains("picky wants 1")),
+            "{e}"
+        );
+        assert!(t.is_err());
+        assert_source_unharmed(&src);
+        src.stop().unwrap();
+    }
+}
+
+#[test]
+fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
+    if !kvm_present() {
+        return;
+    }
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices());
+    handshake(&mut a, &hello);
     // Pages far outside guest RAM.
     let mut hdr = Vec::new();
     hdr.extend_from_slice(&(1u64 << 40).to_le_bytes());
@@ -371,7 +565,13 @@ fn connection_dropped_in_each_phase_leaves_the_source_running() {
         return;
     }
     // Handshake, precopy, state transfer, and just before the commit.
-    for at in [Kind::Auth, Kind::Pages, Kind::VcpuState, Kind::Commit] {
+    for at in [
+        Kind::Auth,
+        Kind::Pages,
+        Kind::DeviceState,
+        Kind::VcpuState,
+        Kind::Commit,
+    ] {
         let src = source(64);
         let (a, b) = UnixStream::pair().unwrap();
         let target = spawn_target(b, SECRET);
