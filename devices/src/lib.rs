@@ -21,5 +21,6 @@ pub mod fuzzing;
 pub mod host;
 pub mod pci;
 pub mod scsi;
+pub mod state;
 pub mod virtio;
 pub mod watchdog;

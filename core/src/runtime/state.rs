@@ -69,6 +69,10 @@ pub enum StateError {
     /// Inconsistent content.
     #[error("corrupt state: {0}")]
     Corrupt(String),
+    /// The device cannot save or load its state (yet), so a VM holding it
+    /// cannot migrate.
+    #[error("{0} cannot save or load its state")]
+    Unsupported(String),
 }
 
 /// Everything KVM holds for one vCPU, version 1.
@@ -184,19 +188,20 @@ impl VmClockState {
 }
 
 /// Check the 12-byte head every state blob starts with (an 8-byte magic,
-/// then a little-endian `u32` version) and that the blob is exactly
-/// `size` bytes; returns the version. Devices outside this crate use it
-/// for their own blobs.
-pub fn check_state_head(
+/// then a little-endian `u32` version); returns the version and the rest
+/// of the blob. Devices outside this crate use it for their own blobs.
+pub fn read_state_head(
     bytes: &[u8],
     magic: [u8; 8],
     readable: std::ops::RangeInclusive<u32>,
-    size: usize,
-) -> Result<u32, StateError> {
-    let head = bytes.get(..12).ok_or(StateError::Size {
-        got: bytes.len(),
-        expected: size,
-    })?;
+) -> Result<(u32, &[u8]), StateError> {
+    if bytes.len() < 12 {
+        return Err(StateError::Size {
+            got: bytes.len(),
+            expected: 12,
+        });
+    }
+    let (head, rest) = bytes.split_at(12);
     if head[..8] != magic {
         let mut got = [0u8; 8];
         got.copy_from_slice(&head[..8]);
@@ -206,11 +211,26 @@ pub fn check_state_head(
     if !readable.contains(&version) {
         return Err(StateError::Version(version));
     }
+    Ok((version, rest))
+}
+
+/// [`read_state_head`] for a fixed-size blob of exactly `size` bytes.
+pub fn check_state_head(
+    bytes: &[u8],
+    magic: [u8; 8],
+    readable: std::ops::RangeInclusive<u32>,
+    size: usize,
+) -> Result<u32, StateError> {
+    let size_error = StateError::Size {
+        got: bytes.len(),
+        expected: size,
+    };
+    if bytes.len() < 12 {
+        return Err(size_error);
+    }
+    let (version, _) = read_state_head(bytes, magic, readable)?;
     if bytes.len() != size {
-        return Err(StateError::Size {
-            got: bytes.len(),
-            expected: size,
-        });
+        return Err(size_error);
     }
     Ok(version)
 }

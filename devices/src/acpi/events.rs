@@ -66,6 +66,42 @@ impl State {
     }
 }
 
+/// The id the event registers' state migrates under.
+pub const ACPI_EVENTS_STATE_ID: &str = "acpi-events";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EventsStateV1 {
+    pm1_status: u16,
+    pm1_enable: u16,
+    gpe_status: [u8; 8],
+    gpe_enable: [u8; 8],
+}
+
+const EVENTS_MAGIC: [u8; 8] = *b"VKACPIEV";
+
+impl virtkit_core::runtime::Snapshot for AcpiEvents {
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        let s = self.lock();
+        let state = EventsStateV1 {
+            pm1_status: s.pm1_status,
+            pm1_enable: s.pm1_enable,
+            gpe_status: s.gpe_status,
+            gpe_enable: s.gpe_enable,
+        };
+        crate::state::encode(EVENTS_MAGIC, 1, &state)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        let (_, v): (u32, EventsStateV1) = crate::state::decode(state, EVENTS_MAGIC, 1..=1)?;
+        let mut s = self.lock();
+        (s.pm1_status, s.pm1_enable, s.gpe_status, s.gpe_enable) =
+            (v.pm1_status, v.pm1_enable, v.gpe_status, v.gpe_enable);
+        // The SCI line's level follows the registers.
+        s.update_sci();
+        Ok(())
+    }
+}
+
 /// The SCI sources of one VM. Cheap to clone; clones share the state.
 #[derive(Clone, Default)]
 pub struct AcpiEvents {
@@ -119,6 +155,7 @@ impl AcpiEvents {
             interrupts: vm.interrupts(),
             gsi: SCI_GSI,
         }));
+        vm.add_device_state(ACPI_EVENTS_STATE_ID, Arc::new(Mutex::new(self.clone())))?;
         Ok(())
     }
 

@@ -15,6 +15,10 @@ use super::{
 };
 use crate::acpi::AcpiEvents;
 
+mod snapshot;
+
+/// The id the bus's state migrates under (see `Vm::add_device_state`).
+pub const PCI_BUS_STATE_ID: &str = "pci0";
 /// Config address port (the data port follows at 0xCFC).
 pub const CONFIG_ADDRESS_PORT: u64 = 0xcf8;
 const CONFIG_ENABLE: u32 = 1 << 31;
@@ -170,7 +174,8 @@ impl PciBus {
     /// Map the bus into `vm` (before it starts): config ports 0xCF8–0xCFF
     /// (taking over 0xCF9 reset and forwarding byte accesses to it), ECAM,
     /// both MMIO windows and the hotplug block, whose events go out as
-    /// GPE0 bit 1 of `events` (attach those to the VM too).
+    /// GPE0 bit 1 of `events` (attach those to the VM too). The bus's
+    /// state migrates with the VM as [`PCI_BUS_STATE_ID`].
     pub fn attach(&self, vm: &Vm, events: &AcpiEvents) -> Result<(), RuntimeError> {
         let reset = vm.remove_pio_device(CONFIG_ADDRESS_PORT + 1)?;
         let port = |kind| -> SharedDevice {
@@ -187,6 +192,7 @@ impl PciBus {
         vm.add_mmio_device(base, len, port(Window::Mmio { base }))?;
         vm.add_pio_device(HOTPLUG_PORT, HOTPLUG_LEN, port(Window::Hotplug))?;
         self.inner().hotplug.set_events(events.clone());
+        vm.add_device_state(PCI_BUS_STATE_ID, Arc::new(Mutex::new(self.clone())))?;
         Ok(())
     }
 
@@ -560,6 +566,19 @@ impl PciDevice for HostBridge {
         data.fill(0xff);
     }
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+    // Configuration space is all the host bridge has.
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        Ok(Vec::new())
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(virtkit_core::runtime::StateError::Corrupt(
+                "the host bridge has no state beyond configuration space".into(),
+            ))
+        }
+    }
 }
 
 enum Window {

@@ -47,6 +47,17 @@ impl HotplugRegisters {
         self.events = events;
     }
 
+    /// The guest-visible bitmaps (up, down, removable, selector), for
+    /// migration.
+    pub fn bitmaps(&self) -> [u32; 4] {
+        [self.up, self.down, self.removable, self.selector]
+    }
+
+    /// Load bitmaps saved by [`HotplugRegisters::bitmaps`].
+    pub fn set_bitmaps(&mut self, [up, down, removable, selector]: [u32; 4]) {
+        (self.up, self.down, self.removable, self.selector) = (up, down, removable, selector);
+    }
+
     /// A device was plugged into `slot`: mark it and raise the event.
     pub fn plugged(&mut self, slot: u8) {
         self.up |= 1 << slot;

@@ -10,11 +10,13 @@ pub mod hotplug;
 pub mod msix;
 
 pub use alloc::AddressWindow;
-pub use bus::{PciBus, PciLayout, SlotState};
+pub use bus::{PciBus, PciLayout, SlotState, PCI_BUS_STATE_ID};
 pub use config::{ConfigSpace, PciIds};
 pub use msix::{MsiSink, MsixTable};
 
 use std::fmt;
+
+use virtkit_core::runtime::StateError;
 
 /// Slots on the root bus.
 pub const SLOT_COUNT: u8 = 32;
@@ -117,6 +119,19 @@ pub trait PciDevice: Send {
     /// The device leaves the bus (hot-unplug or VM teardown): stop
     /// workers and release host resources.
     fn removed(&mut self) {}
+    /// The function's state beyond its configuration space (which the
+    /// bus saves), for migration, taken while the VM is paused. The
+    /// default refuses, so a function that has not opted in stops a
+    /// migration with a clear reason instead of starting fresh on the
+    /// target.
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        Err(StateError::Unsupported(self.name().to_string()))
+    }
+    /// Load what [`PciDevice::save_state`] wrote, after the bus restored
+    /// configuration space (memory is in place too).
+    fn restore_state(&mut self, _state: &[u8]) -> Result<(), StateError> {
+        Err(StateError::Unsupported(self.name().to_string()))
+    }
 }
 
 /// Why a bus operation was refused.

@@ -101,6 +101,35 @@ impl MsixTable {
         self.deliver_unmasked();
     }
 
+    /// The vector table and pending bits, for migration (the enable and
+    /// mask bits live in configuration space).
+    pub fn saved(&self) -> (Vec<[u32; 4]>, Vec<u64>) {
+        (self.entries.clone(), self.pending.clone())
+    }
+
+    /// Load what [`MsixTable::saved`] returned on a table of the same
+    /// size, then take the control bits from `config`.
+    pub fn restore(
+        &mut self,
+        entries: &[[u32; 4]],
+        pending: &[u64],
+        config: &ConfigSpace,
+    ) -> Result<(), String> {
+        if entries.len() != self.entries.len() || pending.len() != self.pending.len() {
+            return Err(format!(
+                "MSI-X table of {} vectors and {} pending words; this one has {} and {}",
+                entries.len(),
+                pending.len(),
+                self.entries.len(),
+                self.pending.len()
+            ));
+        }
+        self.entries.copy_from_slice(entries);
+        self.pending.copy_from_slice(pending);
+        self.config_written(config);
+        Ok(())
+    }
+
     /// Guest read of the table at `offset`.
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         read_words(offset, data, |i| {

@@ -334,4 +334,14 @@ impl VirtioDevice for VirtioBlock {
     fn reset(&mut self) {
         self.active = None;
     }
+
+    // Requests complete within the notify that brings them, so a paused
+    // device holds nothing in flight: the queue positions are all.
+    fn queue_positions(&self) -> Result<Vec<(u16, u16)>, virtkit_core::runtime::StateError> {
+        Ok(self
+            .active
+            .as_ref()
+            .map(|a| a.positions())
+            .unwrap_or_default())
+    }
 }

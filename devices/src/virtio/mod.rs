@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use virtkit_core::runtime::memory::GuestMem;
+use virtkit_core::runtime::StateError;
 
 /// Feature bit: virtio 1.x device (mandatory for the modern transport).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -91,6 +92,32 @@ pub trait VirtioDevice: Send {
     fn queue_notify(&mut self, index: u16);
     /// Stop and forget the queues (driver reset or unplug).
     fn reset(&mut self);
+    /// Where each active queue stands, `(next_avail, next_used)` in queue
+    /// order, for migration (the VM is paused). Called only while the
+    /// device is active; the transport hands them back through
+    /// [`VirtioDevice::activate`] on the target. A device with more state
+    /// than its queues, or whose queues run on a worker it cannot stop,
+    /// keeps the default, which refuses.
+    fn queue_positions(&self) -> Result<Vec<(u16, u16)>, StateError> {
+        Err(StateError::Unsupported(format!("virtio-{}", self.name())))
+    }
+    /// What the driver changed in the device configuration (virtio-scsi's
+    /// CDB and sense sizes), for migration; empty when nothing can change.
+    fn config_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Load what [`VirtioDevice::config_state`] returned.
+    fn restore_config_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(StateError::Corrupt(format!(
+                "virtio-{} has no configuration state, got {} bytes",
+                self.name(),
+                state.len()
+            )))
+        }
+    }
 }
 
 /// A device's queues once the driver has set them up (DRIVER_OK).
@@ -120,6 +147,15 @@ impl ActiveQueues {
             queues: activation.queues,
             interrupt: activation.interrupt,
         })
+    }
+
+    /// `(next_avail, next_used)` of every queue.
+    pub(crate) fn positions(&self) -> Vec<(u16, u16)> {
+        use virtio_queue::QueueT;
+        self.queues
+            .iter()
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect()
     }
 
     /// Serve every available chain of queue `index` with `serve`; see

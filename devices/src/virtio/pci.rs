@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 use virtkit_core::runtime::memory::GuestMem;
+use virtkit_core::runtime::StateError;
 
 use super::{
     Activation, VirtioDevice, VirtioInterrupt, NO_VECTOR, STATUS_DRIVER_OK, STATUS_FAILED,
@@ -541,6 +542,164 @@ impl PciDevice for VirtioPciDevice {
     fn removed(&mut self) {
         self.reset();
     }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+        let positions = if self.active {
+            self.device.queue_positions()?
+        } else {
+            self.queues
+                .iter()
+                .map(|q| (q.next_avail(), q.next_used()))
+                .collect()
+        };
+        if positions.len() != self.queues.len() {
+            return Err(StateError::Corrupt(format!(
+                "{} reports {} queue positions for {} queues",
+                self.name,
+                positions.len(),
+                self.queues.len()
+            )));
+        }
+        let queues = self
+            .queues
+            .iter()
+            .zip(&self.signals.queue_vectors)
+            .zip(positions)
+            .map(|((q, vector), (next_avail, next_used))| QueueStateV1 {
+                vector: vector.load(Ordering::SeqCst),
+                size: q.size(),
+                ready: q.ready(),
+                desc: q.desc_table(),
+                avail: q.avail_ring(),
+                used: q.used_ring(),
+                next_avail,
+                next_used,
+            })
+            .collect();
+        let (msix_entries, msix_pending) = self
+            .signals
+            .msix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saved();
+        let state = TransportStateV1 {
+            device_type: self.device.device_type(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            queue_select: self.queue_select,
+            config_generation: self.config_generation,
+            isr: self.signals.isr.load(Ordering::SeqCst),
+            config_vector: self.signals.config_vector.load(Ordering::SeqCst),
+            active: self.active,
+            queues,
+            msix_entries,
+            msix_pending,
+            device: self.device.config_state(),
+        };
+        crate::state::encode(TRANSPORT_MAGIC, 1, &state)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        let (_, s): (u32, TransportStateV1) = crate::state::decode(state, TRANSPORT_MAGIC, 1..=1)?;
+        let name = self.name.clone();
+        let corrupt = move |why: String| StateError::Corrupt(format!("{name}: {why}"));
+        if s.device_type != self.device.device_type() || s.queues.len() != self.queues.len() {
+            return Err(corrupt(format!(
+                "state of virtio device type {} with {} queues, this is type {} with {}",
+                s.device_type,
+                s.queues.len(),
+                self.device.device_type(),
+                self.queues.len()
+            )));
+        }
+        if let Some((i, q)) = s
+            .queues
+            .iter()
+            .enumerate()
+            .find(|(i, q)| q.size > self.queues[*i].max_size() || !q.size.is_power_of_two())
+        {
+            return Err(corrupt(format!("queue {i} has size {}", q.size)));
+        }
+        self.reset();
+        self.device.restore_config_state(&s.device)?;
+        self.signals
+            .msix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(&s.msix_entries, &s.msix_pending, &self.config)
+            .map_err(&corrupt)?;
+        for ((q, vector), saved) in self
+            .queues
+            .iter_mut()
+            .zip(&self.signals.queue_vectors)
+            .zip(&s.queues)
+        {
+            vector.store(saved.vector, Ordering::SeqCst);
+            q.set_size(saved.size);
+            q.set_desc_table_address(Some(saved.desc as u32), Some((saved.desc >> 32) as u32));
+            q.set_avail_ring_address(Some(saved.avail as u32), Some((saved.avail >> 32) as u32));
+            q.set_used_ring_address(Some(saved.used as u32), Some((saved.used >> 32) as u32));
+            q.set_next_avail(saved.next_avail);
+            q.set_next_used(saved.next_used);
+            q.set_ready(saved.ready);
+        }
+        self.device_feature_select = s.device_feature_select;
+        self.driver_feature_select = s.driver_feature_select;
+        self.driver_features = s.driver_features;
+        self.queue_select = s.queue_select;
+        self.config_generation = s.config_generation;
+        self.signals.isr.store(s.isr, Ordering::SeqCst);
+        self.signals
+            .config_vector
+            .store(s.config_vector, Ordering::SeqCst);
+        self.status = s.status;
+        if s.active {
+            // Hand the queues, at their saved positions, to the device.
+            self.activate();
+            if !self.active {
+                return Err(corrupt(
+                    "its queues could not be started on the target".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+const TRANSPORT_MAGIC: [u8; 8] = *b"VKVIRTIO";
+
+/// The transport's registers, queues and MSI-X table, version 1.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TransportStateV1 {
+    device_type: u16,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    queue_select: u16,
+    config_generation: u8,
+    isr: u8,
+    config_vector: u16,
+    active: bool,
+    queues: Vec<QueueStateV1>,
+    msix_entries: Vec<[u32; 4]>,
+    msix_pending: Vec<u64>,
+    /// [`VirtioDevice::config_state`].
+    device: Vec<u8>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct QueueStateV1 {
+    vector: u16,
+    size: u16,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_avail: u16,
+    next_used: u16,
 }
 
 /// What a guest driver does to bring up queue 0 of a modern virtio-pci

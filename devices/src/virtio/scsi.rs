@@ -296,4 +296,38 @@ impl VirtioDevice for VirtioScsi {
         self.cdb_size = DEFAULT_CDB_SIZE;
         self.sense_size = DEFAULT_SENSE_SIZE;
     }
+
+    // Commands complete within the notify that brings them (sense goes
+    // back in each response), so the queue positions and the two sizes
+    // the driver may set are all the state there is.
+    fn queue_positions(&self) -> Result<Vec<(u16, u16)>, virtkit_core::runtime::StateError> {
+        Ok(self
+            .active
+            .as_ref()
+            .map(|a| a.positions())
+            .unwrap_or_default())
+    }
+
+    fn config_state(&self) -> Vec<u8> {
+        [self.cdb_size, self.sense_size]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+
+    fn restore_config_state(
+        &mut self,
+        state: &[u8],
+    ) -> Result<(), virtkit_core::runtime::StateError> {
+        let [a, b, c, d, e, f, g, h] = state else {
+            return Err(virtkit_core::runtime::StateError::Corrupt(format!(
+                "virtio-scsi configuration state is {} bytes, expected 8",
+                state.len()
+            )));
+        };
+        // The same bounds as a driver's write.
+        self.cdb_size = u32::from_le_bytes([*a, *b, *c, *d]).clamp(16, 252);
+        self.sense_size = u32::from_le_bytes([*e, *f, *g, *h]).clamp(18, 252);
+        Ok(())
+    }
 }
