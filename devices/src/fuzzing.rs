@@ -73,6 +73,52 @@ pub fn pci_config(data: &[u8]) {
     );
 }
 
+/// A bus holding a virtio-blk function in slot 3 whose driver is
+/// running (queue 0 of 16 entries at 0x1000/0x2000/0x3000), on 1 MiB of
+/// guest memory, and the ACPI event registers: what
+/// [`device_state`] loads blobs into, and where its seeds come from.
+pub fn device_state_target() -> Option<(PciBus, crate::acpi::AcpiEvents)> {
+    let memory = virtkit_core::runtime::memory::create(1 << 20).ok()?;
+    let bus = PciBus::new(PciLayout::for_memory(1 << 20));
+    let mut dev = blk_transport(memory)?;
+    driver_init_queue0(&mut dev, 0, 16, 0x1000, 0x2000, 0x3000);
+    bus.add_at(3, Arc::new(std::sync::Mutex::new(dev))).ok()?;
+    Some((bus, crate::acpi::AcpiEvents::new()))
+}
+
+/// Load `data[1..]` as migrated device state: into the PCI bus (and so
+/// the virtio-pci transport) when `data[0]` is even, else into the ACPI
+/// event registers. Whatever loads must save again, and what that saves
+/// must load back to the same bytes.
+pub fn device_state(data: &[u8]) {
+    use virtkit_core::runtime::Snapshot;
+    let Some((&which, blob)) = data.split_first() else {
+        return;
+    };
+    let Some((mut bus, mut events)) = device_state_target() else {
+        return;
+    };
+    let target: &mut dyn Snapshot = if which % 2 == 0 {
+        &mut bus
+    } else {
+        &mut events
+    };
+    if target.restore_state(blob).is_err() {
+        return;
+    }
+    let Ok(again) = target.save_state() else {
+        panic!("a state that loaded does not save");
+    };
+    if target.restore_state(&again).is_err() {
+        panic!("a state this build saved does not load");
+    }
+    assert_eq!(
+        target.save_state().ok(),
+        Some(again),
+        "state does not read back"
+    );
+}
+
 /// Lay `data` into guest memory (descriptor table at 0, available ring at
 /// 0x1000, used ring at 0x2000, buffers anywhere below 64 KiB), start a
 /// virtio-blk queue of size `2^(data[0] % 9)` on it and notify twice. The

@@ -1,6 +1,6 @@
 //! Replays the device fuzz corpora (PCI configuration and BAR accesses,
-//! virtqueue descriptor handling, SCSI commands, AHCI command lists) and
-//! any committed crashes.
+//! virtqueue descriptor handling, SCSI commands, AHCI command lists,
+//! migrated device state) and any committed crashes.
 
 #[test]
 fn pci_config_corpus() {
@@ -39,5 +39,15 @@ fn ahci_commands_corpus() {
         "ahci_commands",
         4,
         virtkit_devices::fuzzing::ahci_commands,
+    );
+}
+
+#[test]
+fn device_state_corpus() {
+    virtkit_core::fuzzing::assert_corpus_replays(
+        env!("CARGO_MANIFEST_DIR"),
+        "device_state",
+        10,
+        virtkit_devices::fuzzing::device_state,
     );
 }
