@@ -365,6 +365,19 @@ fn with_event_idx_the_device_publishes_where_the_driver_must_kick_next() {
     }
 }
 
+/// A driver that has set queue 0 up on a writable `path` and started.
+fn started_driver<'a>(mem: &'a GuestMem, path: &std::path::Path) -> Driver<'a> {
+    let mut d = Driver {
+        dev: transport(mem, path, false, Arc::new(Msis::default())),
+        queue: MockSplitQueue::create(mem, GuestAddress(0x1000), QUEUE_SIZE),
+        mem,
+        next_desc: 0,
+        requests: 0,
+    };
+    assert!(d.init(VIRTIO_F_VERSION_1));
+    d
+}
+
 /// Configuration space as the bus carries it across a migration.
 fn copy_config(from: &VirtioPciDevice, to: &mut VirtioPciDevice) {
     let mut cfg = vec![0u8; virtkit_devices::pci::config::CONFIG_SPACE_SIZE];
@@ -378,14 +391,7 @@ fn a_transport_saved_mid_stream_serves_on_from_a_second_device() {
     let mem = memory::create(4 << 20).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = disk(&dir, 16);
-    let mut d = Driver {
-        dev: transport(&mem, &path, false, Arc::new(Msis::default())),
-        queue: MockSplitQueue::create(&mem, GuestAddress(0x1000), QUEUE_SIZE),
-        mem: &mem,
-        next_desc: 0,
-        requests: 0,
-    };
-    assert!(d.init(VIRTIO_F_VERSION_1));
+    let mut d = started_driver(&mem, &path);
     for sector in [1, 2] {
         assert_eq!(d.request(0, sector, Some((&[0u8; 512], true))).0, 0);
     }
@@ -427,14 +433,7 @@ fn transport_state_that_does_not_fit_is_refused() {
     let mem = memory::create(4 << 20).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = disk(&dir, 16);
-    let mut d = Driver {
-        dev: transport(&mem, &path, false, Arc::new(Msis::default())),
-        queue: MockSplitQueue::create(&mem, GuestAddress(0x1000), QUEUE_SIZE),
-        mem: &mem,
-        next_desc: 0,
-        requests: 0,
-    };
-    assert!(d.init(VIRTIO_F_VERSION_1));
+    let mut d = started_driver(&mem, &path);
     let saved = d.dev.save_state().unwrap();
     let copy = dir.path().join("target.raw");
     std::fs::copy(&path, &copy).unwrap();

@@ -376,6 +376,14 @@ fn receive_inner(
                 vcpus.push(VcpuState::from_bytes(&bytes).map_err(RuntimeError::from)?);
             }
             Incoming::Frame(Frame::DeviceState { id, state }) if layout.version >= 2 => {
+                // No more states than the Hello named: memory stays bounded.
+                if devices.len() >= layout.devices.len() {
+                    let extra = Frame::DeviceState {
+                        id,
+                        state: Vec::new(),
+                    };
+                    return Err(unexpected("Complete", &extra));
+                }
                 devices.push(DeviceState { id, state })
             }
             Incoming::Frame(Frame::Clock(bytes)) => {

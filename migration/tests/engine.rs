@@ -493,6 +493,19 @@ fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
         target.join().unwrap(),
         Err(MigrationError::Connection(_))
     ));
+    // More device states than the Hello named are refused as they come.
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices());
+    handshake(&mut a, &hello);
+    let head = protocol::device_state_head("com1");
+    for _ in 0..=standard_devices().len() {
+        if protocol::write_frame(&mut a, Kind::DeviceState, &[&head, &[0; 64]]).is_err() {
+            break;
+        }
+    }
+    let e = target.join().unwrap().err().unwrap();
+    assert!(e.to_string().contains("expected Complete"), "{e}");
 }
 
 #[test]
