@@ -144,6 +144,73 @@ fn pause_freezes_and_resume_continues() {
 }
 
 #[test]
+fn pause_and_resume_reach_every_device_with_state() {
+    if !kvm_present() {
+        return;
+    }
+    use virtkit_core::runtime::{Snapshot, StateError};
+    /// Records "pause" and "resume"; its resume fails when told to.
+    struct Worker {
+        log: Arc<Mutex<Vec<&'static str>>>,
+        fail_resume: bool,
+    }
+    impl Snapshot for Worker {
+        fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+            Ok(Vec::new())
+        }
+        fn restore_state(&mut self, _: &[u8]) -> Result<(), StateError> {
+            Ok(())
+        }
+        fn pause(&mut self) {
+            self.log.lock().unwrap().push("pause");
+        }
+        fn resume(&mut self) -> Result<(), StateError> {
+            self.log.lock().unwrap().push("resume");
+            if self.fail_resume {
+                return Err(StateError::Host("no thread for you".into()));
+            }
+            Ok(())
+        }
+    }
+    let worker = |fail_resume| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let w = Arc::new(Mutex::new(Worker {
+            log: log.clone(),
+            fail_resume,
+        }));
+        (w, log)
+    };
+    let vm = VmBuilder::new(config(1, 4)).build().unwrap();
+    payload::touch_pages(4, None, 0).unwrap().load(&vm).unwrap();
+    let (first, first_log) = worker(false);
+    vm.add_device_state("first", first).unwrap();
+    vm.start().unwrap();
+    wait_for_counter(&vm, 10);
+    assert!(
+        first_log.lock().unwrap().is_empty(),
+        "starting is no resume"
+    );
+    vm.pause().unwrap();
+    vm.pause().unwrap(); // idempotent: no second pause
+    assert_eq!(*first_log.lock().unwrap(), ["pause"]);
+    // A device added to a paused VM starts paused.
+    let (second, second_log) = worker(true);
+    vm.add_device_state("second", second).unwrap();
+    assert_eq!(*second_log.lock().unwrap(), ["pause"]);
+    // A device that cannot restart is named, but the guest runs on.
+    let e = vm.resume().unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::DeviceState { device, source: StateError::Host(_) } if device == "second"),
+        "{e}"
+    );
+    assert_eq!(vm.state(), RunState::Running);
+    wait_for_counter(&vm, counter(&vm));
+    assert_eq!(*first_log.lock().unwrap(), ["pause", "resume"]);
+    assert_eq!(*second_log.lock().unwrap(), ["pause", "resume"]);
+    assert_eq!(vm.stop().unwrap(), VmExit::Stopped);
+}
+
+#[test]
 fn vcpu_state_restored_into_a_second_vm_continues_the_count() {
     if !kvm_present() {
         return;

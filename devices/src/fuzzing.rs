@@ -73,23 +73,50 @@ pub fn pci_config(data: &[u8]) {
     );
 }
 
-/// A bus holding a virtio-blk function in slot 3 whose driver is
-/// running (queue 0 of 16 entries at 0x1000/0x2000/0x3000), on 1 MiB of
-/// guest memory, and the ACPI event registers: what
-/// [`device_state`] loads blobs into, and where its seeds come from.
+/// A paused bus (as a migration target's is) holding a virtio-blk
+/// function in slot 3 whose driver is running (queue 0 of 16 entries at
+/// 0x1000/0x2000/0x3000), an AHCI controller with a disk and a CD-ROM in
+/// slot 4 and an i6300esb watchdog in slot 5, on 1 MiB of guest memory;
+/// and the ACPI event registers: what [`device_state`] loads blobs into,
+/// and where its seeds come from.
 pub fn device_state_target() -> Option<(PciBus, crate::acpi::AcpiEvents)> {
+    use crate::ahci::{AhciController, SataDrive};
+    use crate::watchdog::{I6300esb, WatchdogSink};
+    use virtkit_core::runtime::Snapshot;
     let memory = virtkit_core::runtime::memory::create(1 << 20).ok()?;
-    let bus = PciBus::new(PciLayout::for_memory(1 << 20));
-    let mut dev = blk_transport(memory)?;
+    let mut bus = PciBus::new(PciLayout::for_memory(1 << 20));
+    let mut dev = blk_transport(memory.clone())?;
     driver_init_queue0(&mut dev, 0, 16, 0x1000, 0x2000, 0x3000);
     bus.add_at(3, Arc::new(std::sync::Mutex::new(dev))).ok()?;
-    Some((bus, crate::acpi::AcpiEvents::new()))
+    let ahci = AhciController::new(
+        vec![
+            SataDrive::disk(Arc::new(MemoryDisk::new(vec![0; 8 * 512], false)), "D"),
+            SataDrive::cdrom(Arc::new(MemoryDisk::new(vec![0; 2048], true)), "CD", true),
+        ],
+        memory,
+        Arc::new(NoMsi),
+    )
+    .ok()?;
+    bus.add_at(4, Arc::new(std::sync::Mutex::new(ahci))).ok()?;
+    let events = crate::acpi::AcpiEvents::new();
+    let watchdog = I6300esb::new(WatchdogSink {
+        action: virtkit_core::spec::vmi::WatchdogAction::Poweroff,
+        exit: Arc::new(|_| {}),
+        events: events.clone(),
+    })
+    .ok()?;
+    bus.add_at(5, Arc::new(std::sync::Mutex::new(watchdog)))
+        .ok()?;
+    // Paused, so the watchdog's clock stands still and a saved state
+    // reads back the same.
+    bus.pause();
+    Some((bus, events))
 }
 
 /// Load `data[1..]` as migrated device state: into the PCI bus (and so
-/// the virtio-pci transport) when `data[0]` is even, else into the ACPI
-/// event registers. Whatever loads must save again, and what that saves
-/// must load back to the same bytes.
+/// the virtio-pci transport, the AHCI controller and the watchdog) when
+/// `data[0]` is even, else into the ACPI event registers. Whatever loads
+/// must save again, and what that saves must load back to the same bytes.
 pub fn device_state(data: &[u8]) {
     use virtkit_core::runtime::Snapshot;
     let Some((&which, blob)) = data.split_first() else {

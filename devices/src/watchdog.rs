@@ -56,7 +56,33 @@ pub struct EsbTimer {
     unlock: u8,
     timed_out: bool,
     deadline: Option<Instant>,
+    /// Time left in the current stage while the VM is paused: the timer
+    /// counts guest time, as QEMU's does, so a paused guest (a
+    /// migration's downtime, an operator's pause) is never reset for not
+    /// petting it.
+    frozen: Option<Duration>,
+    /// The VM is paused: the clock stands still.
+    paused: bool,
 }
+
+/// The timer's state in a migration blob, version 1: the registers and
+/// the time left in the current stage.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EsbStateV1 {
+    preload: [u32; 2],
+    stage: u8,
+    enabled: bool,
+    locked: bool,
+    free_run: bool,
+    reboot_enabled: bool,
+    fast_clock: bool,
+    int_status: u32,
+    unlock: u8,
+    timed_out: bool,
+    remaining_ns: Option<u64>,
+}
+
+const STATE_MAGIC: [u8; 8] = *b"VKESB\0\0\0";
 
 impl EsbTimer {
     /// A disabled timer, as after power-on.
@@ -85,7 +111,12 @@ impl EsbTimer {
 
     fn restart(&mut self, stage: u8, now: Instant) {
         self.stage = stage;
-        self.deadline = Some(now + self.stage_length(stage));
+        let length = self.stage_length(stage);
+        if self.paused {
+            self.frozen = Some(length);
+        } else {
+            self.deadline = Some(now + length);
+        }
     }
 
     /// The guest wrote the config (0x60) and lock (0x68) registers.
@@ -102,6 +133,7 @@ impl EsbTimer {
             self.restart(1, now);
         } else if !enable {
             self.deadline = None;
+            self.frozen = None;
         }
         self.enabled = enable;
     }
@@ -144,6 +176,86 @@ impl EsbTimer {
             0x08 => self.int_status &= !value,
             _ => {}
         }
+    }
+
+    /// Stop the clock at `now` (the VM pauses); [`EsbTimer::thaw`] goes on
+    /// with the time that was left.
+    pub fn freeze(&mut self, now: Instant) {
+        self.paused = true;
+        if let Some(deadline) = self.deadline.take() {
+            self.frozen = Some(deadline.saturating_duration_since(now));
+        }
+    }
+
+    /// Start the clock again at `now` (the VM resumes).
+    pub fn thaw(&mut self, now: Instant) {
+        self.paused = false;
+        if let Some(left) = self.frozen.take() {
+            self.deadline = Some(now + left);
+        }
+    }
+
+    /// Whether the clock is stopped by [`EsbTimer::freeze`].
+    pub fn frozen(&self) -> bool {
+        self.paused
+    }
+
+    /// Time left in the current stage, whether the clock runs or not.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.frozen
+            .or_else(|| self.deadline.map(|d| d.saturating_duration_since(now)))
+    }
+
+    fn saved(&self, now: Instant) -> EsbStateV1 {
+        let remaining = self.remaining(now);
+        EsbStateV1 {
+            preload: self.preload,
+            stage: self.stage,
+            enabled: self.enabled,
+            locked: self.locked,
+            free_run: self.free_run,
+            reboot_enabled: self.reboot_enabled,
+            fast_clock: self.fast_clock,
+            int_status: self.int_status,
+            unlock: self.unlock,
+            timed_out: self.timed_out,
+            remaining_ns: remaining.map(|d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
+        }
+    }
+
+    /// The timer `s` describes; its clock runs from `now` unless
+    /// `frozen`.
+    fn from_saved(s: &EsbStateV1, now: Instant, frozen: bool) -> Result<Self, String> {
+        if s.preload.iter().any(|p| p & !PRELOAD_MASK != 0) || s.stage > 2 || s.unlock > 2 {
+            return Err(format!(
+                "preloads {:#x}/{:#x}, stage {}, unlock step {} are out of range",
+                s.preload[0], s.preload[1], s.stage, s.unlock
+            ));
+        }
+        let mut timer = EsbTimer {
+            preload: s.preload,
+            stage: s.stage,
+            enabled: s.enabled,
+            locked: s.locked,
+            free_run: s.free_run,
+            reboot_enabled: s.reboot_enabled,
+            fast_clock: s.fast_clock,
+            int_status: s.int_status & 1,
+            unlock: s.unlock,
+            timed_out: s.timed_out,
+            deadline: None,
+            frozen: None,
+            paused: true,
+        };
+        if let Some(ns) = s.remaining_ns {
+            // No stage lasts longer than its preload allows.
+            let left = Duration::from_nanos(ns).min(timer.stage_length(s.stage.max(1)));
+            timer.frozen = Some(left);
+        }
+        if !frozen {
+            timer.thaw(now);
+        }
+        Ok(timer)
     }
 
     /// Advance to `now`; true when stage 2 expired with reboots enabled,
@@ -358,6 +470,36 @@ impl PciDevice for I6300esb {
     fn removed(&mut self) {
         self.stop();
     }
+
+    fn pause(&mut self) {
+        self.shared.lock().0.freeze(Instant::now());
+    }
+
+    fn resume(&mut self) -> Result<(), virtkit_core::runtime::StateError> {
+        self.shared.lock().0.thaw(Instant::now());
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        let state = self.shared.lock().0.saved(Instant::now());
+        crate::state::encode(STATE_MAGIC, 1, &state)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        let (_, s): (u32, EsbStateV1) = crate::state::decode(state, STATE_MAGIC, 1..=1)?;
+        let mut g = self.shared.lock();
+        let timer = EsbTimer::from_saved(&s, Instant::now(), g.0.frozen()).map_err(|why| {
+            virtkit_core::runtime::StateError::Corrupt(format!("i6300esb: {why}"))
+        })?;
+        if timer.locked() {
+            self.config.set_writable(LOCK_REG, &[0]);
+        }
+        g.0 = timer;
+        drop(g);
+        self.shared.wake.notify_all();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -413,6 +555,57 @@ mod tests {
         t.write(0x00, 99, mid);
         assert_eq!(t.read(0x00), 10, "unlock is used up by one write");
         assert!(!t.poll(t0 + stage * 2 - Duration::from_nanos(1)));
+    }
+
+    #[test]
+    fn a_frozen_timer_keeps_its_time_left() {
+        let t0 = Instant::now();
+        let mut t = armed(t0, 10);
+        let stage = t.stage_length(1);
+        t.freeze(t0 + stage / 4);
+        assert!(!t.poll(t0 + stage * 10), "paused: never fires");
+        assert_eq!(t.remaining(t0 + stage * 10), Some(stage * 3 / 4));
+        // A stage restarted while paused waits for the thaw too.
+        t.write(0x0c, UNLOCK1, t0);
+        t.write(0x0c, UNLOCK2, t0);
+        t.write(0x0c, RELOAD, t0);
+        assert_eq!(t.deadline(), None);
+        let t1 = t0 + stage * 20;
+        t.thaw(t1);
+        assert_eq!(t.deadline(), Some(t1 + stage));
+        assert!(!t.poll(t1 + stage * 2 - Duration::from_nanos(1)));
+        assert!(t.poll(t1 + stage * 2));
+    }
+
+    #[test]
+    fn saved_state_loads_with_the_time_left() {
+        let t0 = Instant::now();
+        let mut t = armed(t0, 10);
+        let stage = t.stage_length(1);
+        assert!(!t.poll(t0 + stage + stage / 2), "into stage 2");
+        t.freeze(t0 + stage + stage / 2);
+        let saved = t.saved(t0 + stage * 9);
+        assert_eq!(saved.remaining_ns, Some((stage / 2).as_nanos() as u64));
+        let t1 = t0 + stage * 30;
+        let frozen = EsbTimer::from_saved(&saved, t1, true).unwrap();
+        assert_eq!(frozen, t, "the same timer, still paused");
+        let mut running = EsbTimer::from_saved(&saved, t1, false).unwrap();
+        assert_eq!(running.deadline(), Some(t1 + stage / 2));
+        assert_eq!(running.read(0x08), 1, "stage 1's interrupt status");
+        assert!(running.poll(t1 + stage / 2), "stage 2 ends: fire");
+        // Values no driver could have set are refused.
+        for bad in [
+            EsbStateV1 {
+                stage: 3,
+                ..t.saved(t1)
+            },
+            EsbStateV1 {
+                preload: [1 << 20, 0],
+                ..t.saved(t1)
+            },
+        ] {
+            assert!(EsbTimer::from_saved(&bad, t1, true).is_err());
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! buffers: discovery by signature, COMRESET and software reset,
 //! IDENTIFY, DMA and PIO reads and writes across scattered buffers, TRIM,
 //! errors that halt the port until it is restarted, MSI-X delivery, and an
-//! ATAPI CD-ROM through PACKET with REQUEST SENSE and UNIT ATTENTION. No
-//! KVM needed; `pci_guest.rs` drives the same controller from a guest.
+//! ATAPI CD-ROM through PACKET with REQUEST SENSE and UNIT ATTENTION; and
+//! the controller's state moving to a second bus as a migration moves it.
+//! No KVM needed; `pci_guest.rs` drives the same controller from a guest.
 
 #![allow(clippy::unwrap_used)]
 
@@ -533,4 +534,99 @@ fn seven_drives_do_not_fit() {
     let (tx, _rx) = channel();
     let e = AhciController::new(drives, mem, Arc::new(Recorder(Mutex::new(tx)))).unwrap_err();
     assert!(e.to_string().contains("6 ports"), "{e}");
+}
+
+/// Every register of `port` (offsets 0..0x40), as a driver reads them.
+fn port_registers(hba: &Hba, port: u64) -> Vec<u32> {
+    (0..0x40).step_by(4).map(|o| hba.preg(port, o)).collect()
+}
+
+#[test]
+fn the_controller_moves_with_its_ports_and_drives_to_a_second_bus() {
+    use virtkit_core::runtime::{Snapshot, StateError};
+    let image = disk_image(64);
+    let drives = || {
+        vec![
+            SataDrive::disk(image.clone(), "SYS-1"),
+            SataDrive::cdrom(cd_image(8), "CD-1", true),
+        ]
+    };
+    let src = Hba::new(drives());
+    src.start(0);
+    src.start(1);
+    src.set(0x04, 1 << 31 | 1 << 1);
+    src.pset(1, 0x18, 0x11 | 1 << 24);
+    // The driver sets 4 sectors per multiple block; the host closes the
+    // CD's tray, so the next packet reports UNIT ATTENTION.
+    assert_eq!(src.issue(0, 0, fis(0xc6, 0, 4, 0), None, &[]) & TFES, 0);
+    src.controller
+        .lock()
+        .unwrap()
+        .set_tray_open(1, false)
+        .unwrap();
+    let msis = src.msi_count();
+    assert!(msis >= 1);
+    let saved = src.bus.clone().save_state().unwrap();
+
+    // The target: the guest's memory as the migration copied it, the
+    // same drives (shared storage), the bus's state.
+    let dst = Hba::new(drives());
+    let mut all = vec![0u8; 16 << 20];
+    src.mem.read_slice(&mut all, GuestAddress(0)).unwrap();
+    dst.mem.write_slice(&all, GuestAddress(0)).unwrap();
+    dst.bus.clone().restore_state(&saved).unwrap();
+    for port in 0..2 {
+        assert_eq!(port_registers(&dst, port), port_registers(&src, port));
+    }
+    assert_eq!(
+        (dst.reg(0x04), dst.reg(0x08)),
+        (src.reg(0x04), src.reg(0x08))
+    );
+    // The driver goes on: IDENTIFY shows its multiple setting, reads go
+    // through the same command list, and the CD-ROM reports the tray.
+    assert_eq!(
+        dst.issue(0, 2, fis(0xec, 0, 0, 0), None, &[(DATA, 512)]) & TFES,
+        0
+    );
+    assert_eq!(word(&dst.bytes(DATA, 512), 59), 0x0104);
+    dst.issue(0, 3, fis(0x25, 9, 1, 0), None, &[(DATA + 0x1000, 512)]);
+    assert_eq!(&dst.bytes(DATA + 0x1000, 12), b"sector-00009");
+    let tur = packet(&[0x00]);
+    assert_ne!(dst.issue(1, 0, fis(0xa0, 0, 0, 0), tur, &[]) & TFES, 0);
+    assert_eq!(dst.preg(1, 0x20) >> 12 & 0xf, 0x6, "UNIT ATTENTION");
+    dst.pset(1, 0x18, 0x10);
+    dst.pset(1, 0x18, 0x11);
+    assert_eq!(
+        dst.issue(1, 0, fis(0xa0, 0, 0, 0), tur, &[]) & TFES,
+        0,
+        "tray closed"
+    );
+    assert!(dst.msi_count() >= 3);
+
+    // Control: a controller without the state knows nothing of what the
+    // driver and the host set: multiple is back to 16 and the CD's tray
+    // is open.
+    let bare = Hba::new(drives());
+    bare.start(0);
+    bare.start(1);
+    bare.pset(1, 0x18, 0x11 | 1 << 24);
+    bare.issue(0, 0, fis(0xec, 0, 0, 0), None, &[(DATA, 512)]);
+    assert_eq!(word(&bare.bytes(DATA, 512), 59), 0x0110);
+    bare.issue(1, 0, fis(0xa0, 0, 0, 0), tur, &[]);
+    assert_eq!(bare.preg(1, 0x20) >> 12 & 0xf, 0x2, "NOT READY");
+
+    // Controllers with other drives refuse, naming the port.
+    for other in [
+        vec![SataDrive::disk(image.clone(), "SYS-1")],
+        vec![
+            SataDrive::disk(image.clone(), "SYS-1"),
+            SataDrive::disk(disk_image(8), "DATA-1"),
+        ],
+    ] {
+        let hba = Hba::new(other);
+        match hba.bus.clone().restore_state(&saved) {
+            Err(StateError::Corrupt(why)) => assert!(why.contains("ahci"), "{why}"),
+            r => panic!("{r:?}"),
+        }
+    }
 }

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,61 +14,20 @@ use std::time::{Duration, Instant};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use virtkit_core::runtime::memory::{self, GuestMem};
+use virtkit_core::runtime::StateError;
 use virtkit_devices::virtio::net::{
-    NetBackend, NetConfig, NetCounters, Offloads, VirtioNet, F_CSUM, F_CTRL_VQ, F_GUEST_CSUM,
-    F_MAC, F_MQ, F_MRG_RXBUF, F_MTU, F_STATUS, NET_HDR_LEN,
+    NetBackend, NetConfig, NetCounters, VirtioNet, F_CSUM, F_CTRL_VQ, F_GUEST_CSUM, F_MAC, F_MQ,
+    F_MRG_RXBUF, F_MTU, F_STATUS, NET_HDR_LEN,
 };
 use virtkit_devices::virtio::{Activation, VirtioDevice, VirtioInterrupt, VIRTIO_F_RING_EVENT_IDX};
 use vm_memory::{Bytes, GuestAddress};
 
 mod common;
+use common::net::{backend, SocketBackend};
 use common::DESC_WRITE as WRITE;
 
 const QUEUE_SIZE: u16 = 64;
 const MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x42];
-
-/// One end of a datagram socket pair; the test holds the other.
-struct SocketBackend {
-    socket: UnixDatagram,
-    offloads: bool,
-    enabled: Mutex<Vec<bool>>,
-}
-
-impl NetBackend for SocketBackend {
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        self.socket.send(frame).map(|_| ())
-    }
-    fn receive(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.socket.recv(buf)
-    }
-    fn ready_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
-    }
-    fn offloads_supported(&self) -> bool {
-        self.offloads
-    }
-    fn set_offloads(&self, _offloads: Offloads) -> io::Result<()> {
-        Ok(())
-    }
-    fn set_enabled(&self, enabled: bool) -> io::Result<()> {
-        self.enabled.lock().unwrap().push(enabled);
-        Ok(())
-    }
-}
-
-fn backend(offloads: bool) -> (Arc<SocketBackend>, UnixDatagram) {
-    let (ours, theirs) = UnixDatagram::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    theirs
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let b = Arc::new(SocketBackend {
-        socket: ours,
-        offloads,
-        enabled: Mutex::default(),
-    });
-    (b, theirs)
-}
 
 #[derive(Default)]
 struct Irqs(Mutex<Vec<u16>>);
@@ -104,13 +62,31 @@ impl<'a> Driver<'a> {
     }
 
     fn activate(&self, dev: &mut VirtioNet, features: u64, event_idx: bool) -> Arc<Irqs> {
+        self.activate_at(dev, features, event_idx, &[])
+    }
+
+    /// Activate with the queues at `positions` (`(next_avail,
+    /// next_used)` by queue; missing ones start at 0), as a transport
+    /// restoring a migrated device does.
+    fn activate_at(
+        &self,
+        dev: &mut VirtioNet,
+        features: u64,
+        event_idx: bool,
+        positions: &[(u16, u16)],
+    ) -> Arc<Irqs> {
         let irqs = Arc::new(Irqs::default());
         let queues: Vec<Queue> = self
             .queues
             .iter()
-            .map(|q| {
+            .enumerate()
+            .map(|(i, q)| {
                 let mut q = q.create_queue::<Queue>().unwrap();
                 q.set_event_idx(event_idx);
+                if let Some(&(avail, used)) = positions.get(i) {
+                    q.set_next_avail(avail);
+                    q.set_next_used(used);
+                }
                 q
             })
             .collect();
@@ -463,4 +439,141 @@ fn reset_stops_receiving() {
     dev.queue_notify(0);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(drv.used_idx(0), 0, "a reset device writes nothing");
+}
+
+/// Sleep long enough for a running receive thread to have delivered.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+#[test]
+fn a_paused_device_writes_nothing_until_it_resumes() {
+    let (b, peer) = backend(false);
+    let mut dev = VirtioNet::new(NetConfig::new(MAC), vec![b]).unwrap();
+    let mem = memory::create(32 << 20).unwrap();
+    let mut drv = Driver::new(&mem, 2);
+    drv.activate(&mut dev, F_MAC, false);
+    let bufs = [drv.post_rx(0, 1526), drv.post_rx(0, 1526)];
+    dev.queue_notify(0);
+    // A running receive side has no position to give: it could move on
+    // the moment it was read.
+    assert!(matches!(
+        dev.queue_positions(),
+        Err(StateError::Running(what)) if what.contains("receive queue 0")
+    ));
+
+    dev.pause();
+    peer.send(&with_header(&frame(80, 1))).unwrap();
+    settle();
+    assert_eq!(drv.used_idx(0), 0, "a paused device writes no guest memory");
+    assert_eq!(dev.queue_positions().unwrap(), vec![(0, 0), (0, 0)]);
+    // The driver cannot kick a paused VM's device, but a kick that comes
+    // anyway changes nothing.
+    dev.queue_notify(0);
+    settle();
+    assert_eq!(drv.used_idx(0), 0);
+
+    dev.resume().unwrap();
+    drv.wait_used(0, 1);
+    assert_eq!(drv.read(bufs[0] + NET_HDR_LEN as u64, 80), frame(80, 1));
+    peer.send(&with_header(&frame(90, 2))).unwrap();
+    drv.wait_used(0, 2);
+    assert_eq!(drv.read(bufs[1] + NET_HDR_LEN as u64, 90), frame(90, 2));
+
+    // Activated while paused (a target restoring into a paused VM): the
+    // receive side waits for the resume.
+    dev.pause();
+    dev.reset();
+    let mut fresh = Driver::new(&mem, 2);
+    fresh.scratch = drv.scratch;
+    fresh.activate(&mut dev, F_MAC, false);
+    let buf = fresh.post_rx(0, 1526);
+    peer.send(&with_header(&frame(70, 3))).unwrap();
+    settle();
+    assert_eq!(fresh.used_idx(0), 0);
+    dev.resume().unwrap();
+    fresh.wait_used(0, 1);
+    assert_eq!(fresh.read(buf + NET_HDR_LEN as u64, 70), frame(70, 3));
+}
+
+#[test]
+fn a_paused_device_hands_its_queues_and_pairs_to_a_second_device() {
+    let backends = |n: usize| -> (Vec<Arc<SocketBackend>>, Vec<UnixDatagram>) {
+        (0..n).map(|_| backend(false)).unzip()
+    };
+    let dyn_backends = |b: &[Arc<SocketBackend>]| -> Vec<Arc<dyn NetBackend>> {
+        b.iter().map(|b| b.clone() as Arc<dyn NetBackend>).collect()
+    };
+    let features = F_MAC | F_MQ | F_CTRL_VQ;
+    let (src_b, src_peers) = backends(2);
+    let mut src = VirtioNet::new(NetConfig::new(MAC), dyn_backends(&src_b)).unwrap();
+    let mem = memory::create(32 << 20).unwrap();
+    let mut drv = Driver::new(&mem, 5);
+    drv.activate(&mut src, features, false);
+    assert_eq!(src.config_state(), 1u16.to_le_bytes(), "one pair at first");
+
+    // The driver turns on both pairs, sends a frame, receives one.
+    let req = drv.alloc(4);
+    mem.write_slice(&[4, 0, 2, 0], GuestAddress(req)).unwrap();
+    let ack = drv.alloc(1);
+    drv.post(4, &[(req, 4, 0), (ack, 1, WRITE)]);
+    src.queue_notify(4);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(ack)).unwrap(), 0);
+    drv.post_tx(1, [0; NET_HDR_LEN], &frame(100, 1));
+    src.queue_notify(1);
+    let mut got = [0u8; 256];
+    assert_eq!(src_peers[0].recv(&mut got).unwrap(), NET_HDR_LEN + 100);
+    let bufs = [drv.post_rx(0, 1526), drv.post_rx(0, 1526)];
+    src.queue_notify(0);
+    src_peers[0].send(&with_header(&frame(60, 2))).unwrap();
+    drv.wait_used(0, 1);
+
+    src.pause();
+    let positions = src.queue_positions().unwrap();
+    assert_eq!(
+        positions,
+        vec![(1, 1), (1, 1), (0, 0), (0, 0), (1, 1)],
+        "rx0 took one buffer, tx0 and the control queue one chain each"
+    );
+    let config = src.config_state();
+    assert_eq!(config, 2u16.to_le_bytes());
+
+    // The target: the same queues at the saved positions, its own
+    // backends (the target host's taps), both pairs still in use.
+    let (dst_b, dst_peers) = backends(2);
+    let mut dst = VirtioNet::new(NetConfig::new(MAC), dyn_backends(&dst_b)).unwrap();
+    dst.restore_config_state(&config).unwrap();
+    drv.activate_at(&mut dst, features, false, &positions);
+    assert_eq!(*dst_b[1].enabled.lock().unwrap(), vec![true]);
+    dst_peers[0].send(&with_header(&frame(70, 3))).unwrap();
+    drv.wait_used(0, 2);
+    let (head, len) = drv.used(0, 1);
+    assert_eq!(
+        (head, len as usize),
+        (1, NET_HDR_LEN + 70),
+        "the next buffer"
+    );
+    assert_eq!(drv.read(bufs[1] + NET_HDR_LEN as u64, 70), frame(70, 3));
+    // Transmit goes on from the next chain.
+    drv.post_tx(1, [0; NET_HDR_LEN], &frame(50, 4));
+    dst.queue_notify(1);
+    assert_eq!(dst_peers[0].recv(&mut got).unwrap(), NET_HDR_LEN + 50);
+    assert_eq!(&got[NET_HDR_LEN..NET_HDR_LEN + 50], &frame(50, 4)[..]);
+    assert_eq!(drv.used_idx(1), 2);
+
+    // Control: without the configuration state a device starts the
+    // driver on one pair, though it had asked for two.
+    let (bare_b, _bare_peers) = backends(2);
+    let mut bare = VirtioNet::new(NetConfig::new(MAC), dyn_backends(&bare_b)).unwrap();
+    drv.activate_at(&mut bare, features, false, &positions);
+    assert_eq!(*bare_b[1].enabled.lock().unwrap(), vec![false]);
+
+    // States that do not fit this device are refused.
+    let mut one = VirtioNet::new(NetConfig::new(MAC), vec![backend(false).0]).unwrap();
+    for bad in [&3u16.to_le_bytes()[..], &0u16.to_le_bytes(), &[1]] {
+        assert!(matches!(
+            one.restore_config_state(bad),
+            Err(StateError::Corrupt(_))
+        ));
+    }
 }

@@ -368,7 +368,7 @@ pub fn migrate(
         // Leave the source exactly as it was.
         if paused_here {
             if let Err(r) = vm.resume() {
-                log::error!("migration failed and the source could not resume: {r}");
+                log::error!("migration failed; the source resumed, but {r}");
             }
         }
         if let Err(d) = vm.set_dirty_logging(false) {

@@ -466,6 +466,150 @@ fn a_device_state_the_target_refuses_cancels_and_the_source_runs_on() {
     }
 }
 
+/// A device that writes guest memory from a thread of its own, as a
+/// NIC's receive side does: it stamps a rising count into one guest
+/// word, and stops while the VM is paused. Its state is the count.
+struct Stamper {
+    memory: virtkit_core::runtime::memory::GuestMem,
+    count: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const STAMP_ADDR: u64 = 0x70_0000;
+
+impl Stamper {
+    fn new(vm: &Vm) -> Self {
+        Stamper {
+            memory: vm.memory().clone(),
+            count: Arc::default(),
+            stop: Arc::default(),
+            thread: None,
+        }
+    }
+
+    fn start(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        let (memory, count, stop) = (self.memory.clone(), self.count.clone(), self.stop.clone());
+        stop.store(false, Ordering::SeqCst);
+        self.thread = Some(std::thread::spawn(move || {
+            use vm_memory::Bytes;
+            while !stop.load(Ordering::SeqCst) {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                memory
+                    .write_obj(n, vm_memory::GuestAddress(STAMP_ADDR))
+                    .unwrap();
+                std::thread::yield_now();
+            }
+        }));
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Stamper {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+impl virtkit_core::runtime::Snapshot for Stamper {
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        Ok(self.count.load(Ordering::SeqCst).to_le_bytes().to_vec())
+    }
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        let bytes: [u8; 8] = state
+            .try_into()
+            .map_err(|_| virtkit_core::runtime::StateError::Corrupt("8 bytes".into()))?;
+        self.count
+            .store(u64::from_le_bytes(bytes), Ordering::SeqCst);
+        Ok(())
+    }
+    fn pause(&mut self) {
+        self.halt();
+    }
+    fn resume(&mut self) -> Result<(), virtkit_core::runtime::StateError> {
+        self.start();
+        Ok(())
+    }
+}
+
+fn stamp(vm: &Vm) -> u64 {
+    let mut b = [0u8; 8];
+    vm.read_memory(STAMP_ADDR, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+#[test]
+fn a_device_writing_guest_memory_on_its_own_holds_still_from_the_pause() {
+    if !kvm_present() {
+        return;
+    }
+    let src = source(16);
+    let stamper = Arc::new(std::sync::Mutex::new(Stamper::new(&src)));
+    stamper.lock().unwrap().start();
+    src.add_device_state("stamper", stamper.clone()).unwrap();
+    let count = stamper.lock().unwrap().count.clone();
+    let wait_count = |above: u64| {
+        let t = Instant::now();
+        while count.load(Ordering::SeqCst) <= above {
+            assert!(t.elapsed() < Duration::from_secs(10), "the stamper stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_count(1000);
+
+    // A target that refuses the state: the source resumes, and so does
+    // its device.
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = std::thread::spawn(move || {
+        receive(Box::new(b), SECRET, |layout| {
+            let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+            vm.add_device_state("stamper", Arc::new(std::sync::Mutex::new(Picky(0))))?;
+            Ok(vm)
+        })
+    });
+    migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+    wait_count(count.load(Ordering::SeqCst) + 1000);
+
+    // A real target. The device stopped at the pause, so the final pass
+    // carried its last write, which is the count it saved: the word on
+    // the target equals that count exactly (a device still writing after
+    // the final pass would leave the target behind its own state).
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = std::thread::spawn(move || {
+        let mut device = None;
+        let r = receive(Box::new(b), SECRET, |layout| {
+            let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+            let d = Arc::new(std::sync::Mutex::new(Stamper::new(&vm)));
+            vm.add_device_state("stamper", d.clone())?;
+            device = Some(d);
+            Ok(vm)
+        });
+        (r, device)
+    });
+    let stats = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap();
+    let (got, device) = target.join().unwrap();
+    let got = got.unwrap();
+    assert_eq!(stats.checksum, Some(got.stats.checksum));
+    let saved = count.load(Ordering::SeqCst);
+    assert!(saved > 2000);
+    assert_eq!(stamp(&got.vm), saved, "the target's memory");
+    let restored = device.unwrap().lock().unwrap().count.load(Ordering::SeqCst);
+    assert_eq!(restored, saved, "the target's device");
+    assert_eq!(stamp(&src), saved, "nothing wrote after the pause");
+    got.vm.stop().unwrap();
+}
+
 #[test]
 fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
     if !kvm_present() {

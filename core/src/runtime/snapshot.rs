@@ -37,6 +37,19 @@ pub trait Snapshot: Send {
     /// device wrote (this release's version or the previous one). On
     /// error the device must be left as it was.
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError>;
+    /// The VM is pausing: stop changing guest memory and raising
+    /// interrupts on your own (worker threads that receive frames or
+    /// finish I/O), so that a paused VM's memory holds still and a
+    /// migration's final pass sees every write. Called after the vCPUs
+    /// are parked. A device whose work happens only inside vCPU exits
+    /// has nothing to do (the default).
+    fn pause(&mut self) {}
+    /// The VM is resuming: start what [`Snapshot::pause`] stopped (or,
+    /// after [`Snapshot::restore_state`] on a paused VM, what the state
+    /// says should run). Called before the vCPUs run again.
+    fn resume(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// A shared handle to a device with state.

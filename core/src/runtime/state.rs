@@ -73,6 +73,14 @@ pub enum StateError {
     /// cannot migrate.
     #[error("{0} cannot save or load its state")]
     Unsupported(String),
+    /// The device still works on its own (its workers were not paused),
+    /// so its state would be stale the moment it was taken.
+    #[error("{0} is still running: pause the VM before saving its state")]
+    Running(String),
+    /// The host refused what the device needs to run again (a thread, a
+    /// descriptor).
+    #[error("{0}")]
+    Host(String),
 }
 
 /// Everything KVM holds for one vCPU, version 1.

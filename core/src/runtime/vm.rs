@@ -745,7 +745,9 @@ impl Vm {
         Ok(())
     }
 
-    /// Park every vCPU at an instruction boundary. Idempotent.
+    /// Park every vCPU at an instruction boundary, then pause every
+    /// device with state ([`Snapshot::pause`]), so that guest memory
+    /// holds still. Idempotent.
     pub fn pause(&self) -> Result<(), RuntimeError> {
         if self.expect_state("pause", &[RunState::Running, RunState::Paused])? == RunState::Paused {
             return Ok(());
@@ -763,13 +765,33 @@ impl Vm {
         let n = self.ctl.vcpus;
         self.ctl
             .kick_until("pause", ACK_TIMEOUT, |g| g.parked + g.exited == n)?;
+        // Under the registry's lock, so a device added meanwhile sees
+        // the state it must follow (see `add_device_state`).
+        let devices = lock(&self.device_states);
+        for (_, dev) in devices.iter() {
+            lock(dev).pause();
+        }
         self.set_state(RunState::Paused);
         Ok(())
     }
 
-    /// Let paused vCPUs run again.
+    /// Resume every device ([`Snapshot::resume`]), then let the paused
+    /// vCPUs run again. The vCPUs run even when a device could not
+    /// restart (a VM is never left paused by a failed resume); that
+    /// device is named in the error.
     pub fn resume(&self) -> Result<(), RuntimeError> {
         self.expect_state("resume", &[RunState::Paused])?;
+        let mut failed = None;
+        let devices = lock(&self.device_states);
+        for (id, dev) in devices.iter() {
+            if let Err(source) = lock(dev).resume() {
+                log::warn!("{id}: could not resume: {source}");
+                failed.get_or_insert(RuntimeError::DeviceState {
+                    device: id.clone(),
+                    source,
+                });
+            }
+        }
         {
             let mut g = self.ctl.lock();
             if g.request == Request::Pause {
@@ -778,7 +800,7 @@ impl Vm {
             self.ctl.cond.notify_all();
         }
         self.set_state(RunState::Running);
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Stop the VM (if still running) and return why it ended.
@@ -982,6 +1004,9 @@ impl Vm {
             return Err(RuntimeError::InvalidConfig(format!(
                 "a device with state is registered as {id:?} already"
             )));
+        }
+        if self.state() == RunState::Paused {
+            lock(&device).pause();
         }
         devices.push((id.to_string(), device));
         Ok(())

@@ -203,6 +203,17 @@ impl std::fmt::Debug for AtaDisk {
 }
 
 impl AtaDisk {
+    /// Sectors per DRQ block of READ/WRITE MULTIPLE (0: off), for
+    /// migration.
+    pub(crate) fn multiple(&self) -> u16 {
+        self.multiple
+    }
+
+    /// Load a migrated [`AtaDisk::multiple`] (the port checked it).
+    pub(crate) fn set_multiple(&mut self, n: u16) {
+        self.multiple = n;
+    }
+
     pub(crate) fn new(backend: Arc<dyn BlockBackend>, serial: &str) -> Self {
         AtaDisk {
             backend,

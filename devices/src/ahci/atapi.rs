@@ -34,6 +34,14 @@ pub(crate) struct AtapiCdrom {
     unit_attention: bool,
 }
 
+/// A CD-ROM's migrating state, version 1 of the controller's blob.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CdromStateV1 {
+    tray_open: bool,
+    unit_attention: bool,
+    sense: Option<[u8; 3]>,
+}
+
 impl AtapiCdrom {
     pub(crate) fn new(unit: ScsiUnit, serial: &str) -> Self {
         AtapiCdrom {
@@ -42,6 +50,23 @@ impl AtapiCdrom {
             sense: None,
             unit_attention: false,
         }
+    }
+
+    /// Tray, pending UNIT ATTENTION and sense (key, ASC, ASCQ), for
+    /// migration.
+    pub(crate) fn saved(&self) -> CdromStateV1 {
+        CdromStateV1 {
+            tray_open: matches!(self.unit.kind(), UnitKind::Cdrom { tray_open: true }),
+            unit_attention: self.unit_attention,
+            sense: self.sense.map(|s| [s.key, s.asc, s.ascq]),
+        }
+    }
+
+    /// Load what [`AtapiCdrom::saved`] returned.
+    pub(crate) fn restore(&mut self, s: &CdromStateV1) {
+        self.unit.set_tray_open(s.tray_open);
+        self.unit_attention = s.unit_attention;
+        self.sense = s.sense.map(|[key, asc, ascq]| Sense { key, asc, ascq });
     }
 
     /// Open or close the tray. Closing it (a medium that may have

@@ -31,6 +31,7 @@ mod ata;
 mod atapi;
 mod port;
 mod prdt;
+mod snapshot;
 
 use std::sync::Arc;
 
@@ -318,6 +319,14 @@ impl PciDevice for AhciController {
                 }
             }
         }
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        snapshot::save(self)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        snapshot::restore(self, state)
     }
 
     fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {

@@ -7,7 +7,7 @@ use virtkit_core::runtime::memory::GuestMem;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::ata::{AtaDisk, Command, Completion, ERROR_ABRT, STATUS_BSY, STATUS_DRDY, STATUS_DSC};
-use super::atapi::AtapiCdrom;
+use super::atapi::{AtapiCdrom, CdromStateV1};
 use super::prdt::Prdt;
 
 /// Bytes of one port's register block.
@@ -88,6 +88,38 @@ impl Drive {
             Drive::Cdrom(_) => SIG_ATAPI,
         }
     }
+}
+
+/// What is attached to a port, and its own state, in a migration blob.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum DriveStateV1 {
+    Empty,
+    Disk { multiple: u16 },
+    Cdrom(CdromStateV1),
+}
+
+/// One port's registers and drive, version 1 of the controller's blob.
+/// Commands run to completion inside the register write that issues
+/// them, so a paused port has nothing in flight: PxCI holds only
+/// commands waiting for bus mastering, which run when it is turned on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PortStateV1 {
+    clb: u64,
+    fb: u64,
+    is: u32,
+    ie: u32,
+    cmd: u32,
+    tfd_status: u8,
+    tfd_error: u8,
+    sig: u32,
+    ssts: u32,
+    sctl: u32,
+    serr: u32,
+    ci: u32,
+    halted: bool,
+    srst: bool,
+    fresh: u32,
+    drive: DriveStateV1,
 }
 
 /// One port.
@@ -172,6 +204,88 @@ impl Port {
             self.tfd_status = STATUS_DRDY | STATUS_DSC;
             self.tfd_error = 1; // diagnostics passed
         }
+    }
+
+    /// The port's state, for migration.
+    pub(crate) fn saved(&self) -> PortStateV1 {
+        PortStateV1 {
+            clb: self.clb,
+            fb: self.fb,
+            is: self.is,
+            ie: self.ie,
+            cmd: self.cmd,
+            tfd_status: self.tfd_status,
+            tfd_error: self.tfd_error,
+            sig: self.sig,
+            ssts: self.ssts,
+            sctl: self.sctl,
+            serr: self.serr,
+            ci: self.ci,
+            halted: self.halted,
+            srst: self.srst,
+            fresh: self.fresh,
+            drive: match &self.drive {
+                None => DriveStateV1::Empty,
+                Some(Drive::Disk(d)) => DriveStateV1::Disk {
+                    multiple: d.multiple(),
+                },
+                Some(Drive::Cdrom(cd)) => DriveStateV1::Cdrom(cd.saved()),
+            },
+        }
+    }
+
+    /// Whether [`Port::restore`] can load `s`: the same kind of drive
+    /// (or none) and values a driver could have set.
+    pub(crate) fn check(&self, s: &PortStateV1) -> Result<(), String> {
+        match (&self.drive, &s.drive) {
+            (None, DriveStateV1::Empty) | (Some(Drive::Cdrom(_)), DriveStateV1::Cdrom(_)) => Ok(()),
+            (Some(Drive::Disk(_)), DriveStateV1::Disk { multiple }) => {
+                if *multiple <= 16 && (*multiple == 0 || multiple.is_power_of_two()) {
+                    Ok(())
+                } else {
+                    Err(format!("{multiple} sectors per multiple block"))
+                }
+            }
+            (ours, theirs) => {
+                let ours = match ours {
+                    None => "nothing",
+                    Some(Drive::Disk(_)) => "a disk",
+                    Some(Drive::Cdrom(_)) => "a CD-ROM",
+                };
+                let theirs = match theirs {
+                    DriveStateV1::Empty => "nothing",
+                    DriveStateV1::Disk { .. } => "a disk",
+                    DriveStateV1::Cdrom(_) => "a CD-ROM",
+                };
+                Err(format!(
+                    "the source had {theirs} where this port has {ours}"
+                ))
+            }
+        }
+    }
+
+    /// Load what [`Port::saved`] returned, once [`Port::check`] passed.
+    pub(crate) fn restore(&mut self, s: &PortStateV1) {
+        match (&mut self.drive, &s.drive) {
+            (Some(Drive::Disk(d)), DriveStateV1::Disk { multiple }) => d.set_multiple(*multiple),
+            (Some(Drive::Cdrom(cd)), DriveStateV1::Cdrom(state)) => cd.restore(state),
+            _ => {}
+        }
+        self.clb = s.clb;
+        self.fb = s.fb;
+        self.is = s.is & IS_MASK;
+        self.ie = s.ie & IS_MASK;
+        self.cmd = s.cmd;
+        self.tfd_status = s.tfd_status;
+        self.tfd_error = s.tfd_error;
+        self.sig = s.sig;
+        self.ssts = s.ssts;
+        self.sctl = s.sctl;
+        self.serr = s.serr;
+        self.ci = s.ci;
+        self.halted = s.halted;
+        self.srst = s.srst;
+        self.fresh = s.fresh & IS_MASK;
     }
 
     /// Pending interrupt causes the driver enabled.

@@ -110,6 +110,9 @@ struct Inner {
     high: AddressWindow,
     config_address: u32,
     hotplug: HotplugRegisters,
+    /// The VM is paused (see `Snapshot::pause`): a device placed now
+    /// starts paused too.
+    paused: bool,
 }
 
 /// The PCI root bus. Cheap to clone; clones share the bus.
@@ -155,6 +158,7 @@ impl PciBus {
                     high: AddressWindow::new(layout.mmio64.0, layout.mmio64.1),
                     config_address: 0,
                     hotplug: HotplugRegisters::default(),
+                    paused: false,
                 }),
                 Condvar::new(),
             )),
@@ -303,6 +307,9 @@ impl PciBus {
                 } else {
                     d.config_mut().set_bar(index, spec, addr);
                 }
+            }
+            if inner.paused {
+                d.pause();
             }
             decoded_ranges(d.config())
         };

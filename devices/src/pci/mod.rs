@@ -127,6 +127,15 @@ pub trait PciDevice: Send {
     fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
         Err(StateError::Unsupported(self.name().to_string()))
     }
+    /// The VM is pausing: stop touching guest memory and raising
+    /// interrupts from worker threads (see
+    /// [`Snapshot::pause`](virtkit_core::runtime::Snapshot::pause)). The
+    /// default has nothing to stop.
+    fn pause(&mut self) {}
+    /// The VM is resuming: start what [`PciDevice::pause`] stopped.
+    fn resume(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
     /// Load what [`PciDevice::save_state`] wrote, after the bus restored
     /// configuration space (memory is in place too).
     fn restore_state(&mut self, _state: &[u8]) -> Result<(), StateError> {

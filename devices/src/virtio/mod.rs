@@ -101,6 +101,16 @@ pub trait VirtioDevice: Send {
     fn queue_positions(&self) -> Result<Vec<(u16, u16)>, StateError> {
         Err(StateError::Unsupported(format!("virtio-{}", self.name())))
     }
+    /// The VM is pausing: stop the workers that serve queues on their
+    /// own threads, keeping the queues (see
+    /// [`Snapshot::pause`](virtkit_core::runtime::Snapshot::pause)); a
+    /// device activated while paused starts them only on
+    /// [`VirtioDevice::resume`]. The default has no workers.
+    fn pause(&mut self) {}
+    /// The VM is resuming: start the workers again.
+    fn resume(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
     /// What the driver changed in the device configuration (virtio-scsi's
     /// CDB and sense sizes), for migration; empty when nothing can change.
     fn config_state(&self) -> Vec<u8> {

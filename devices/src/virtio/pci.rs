@@ -543,6 +543,14 @@ impl PciDevice for VirtioPciDevice {
         self.reset();
     }
 
+    fn pause(&mut self) {
+        self.device.pause();
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        self.device.resume()
+    }
+
     fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
         let positions = if self.active {
             self.device.queue_positions()?
@@ -715,6 +723,34 @@ pub fn driver_init_queue0(
     avail: u64,
     used: u64,
 ) -> u8 {
+    driver_init_queues(
+        dev,
+        features,
+        &[QueueRings {
+            size,
+            desc,
+            avail,
+            used,
+        }],
+    )
+}
+
+/// Where a driver placed one queue's rings, for [`driver_init_queues`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueueRings {
+    /// Entries.
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+}
+
+/// [`driver_init_queue0`] for queues 0, 1, … in order (a virtio-net
+/// driver needs its receive and transmit queues both).
+pub fn driver_init_queues(dev: &mut dyn PciDevice, features: u64, queues: &[QueueRings]) -> u8 {
     let features = features | VIRTIO_F_VERSION_1;
     let mut w = |offset: u64, v: &[u8]| dev.bar_write(0, COMMON_OFFSET + offset, v);
     w(0x14, &[0]);
@@ -725,12 +761,14 @@ pub fn driver_init_queue0(
     w(0x08, &1u32.to_le_bytes());
     w(0x0c, &((features >> 32) as u32).to_le_bytes());
     w(0x14, &[0xb]);
-    w(0x16, &0u16.to_le_bytes());
-    w(0x18, &size.to_le_bytes());
-    w(0x20, &desc.to_le_bytes());
-    w(0x28, &avail.to_le_bytes());
-    w(0x30, &used.to_le_bytes());
-    w(0x1c, &1u16.to_le_bytes());
+    for (index, q) in queues.iter().enumerate() {
+        w(0x16, &(index as u16).to_le_bytes());
+        w(0x18, &q.size.to_le_bytes());
+        w(0x20, &q.desc.to_le_bytes());
+        w(0x28, &q.avail.to_le_bytes());
+        w(0x30, &q.used.to_le_bytes());
+        w(0x1c, &1u16.to_le_bytes());
+    }
     w(0x14, &[0xf]);
     let mut status = [0u8];
     dev.bar_read(0, COMMON_OFFSET + 0x14, &mut status);

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod guest;
+pub mod net;
 pub mod queue;
 
 #[allow(unused_imports)]

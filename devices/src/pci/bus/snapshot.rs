@@ -31,6 +31,29 @@ struct SlotStateV1 {
 }
 
 impl Snapshot for PciBus {
+    fn pause(&mut self) {
+        let mut inner = self.inner();
+        inner.paused = true;
+        for slot in inner.slots.iter().flatten() {
+            lock_dev(&slot.device).pause();
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        let mut inner = self.inner();
+        inner.paused = false;
+        let mut first_error = None;
+        for (index, slot) in inner.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            if let Err(e) = lock_dev(&slot.device).resume() {
+                // Resume the others anyway: one stuck function must not
+                // keep the rest of the bus paused.
+                first_error.get_or_insert(in_slot(index, &slot.name, e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
         let inner = self.inner();
         let mut slots = Vec::new();
@@ -114,6 +137,8 @@ fn in_slot(slot: usize, name: &str, e: StateError) -> StateError {
         StateError::Unsupported(what) => {
             StateError::Unsupported(format!("PCI slot {slot}: {what}"))
         }
+        StateError::Running(what) => StateError::Running(format!("PCI slot {slot}: {what}")),
+        StateError::Host(why) => StateError::Host(format!("PCI slot {slot} ({name}): {why}")),
         other => StateError::Corrupt(format!("PCI slot {slot} ({name}): {other}")),
     }
 }

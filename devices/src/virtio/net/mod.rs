@@ -5,7 +5,9 @@
 //!
 //! Transmit runs on the notifying vCPU thread (a tap write does not
 //! block); each pair's receive side runs on its own thread, which waits
-//! on the backend and on the driver's kicks (see `DESIGN.md`).
+//! on the backend and on the driver's kicks (see `DESIGN.md`). Pausing
+//! the device stops those threads and parks their queues, so that its
+//! state (queue positions, pairs in use) can migrate.
 
 mod backend;
 mod rx;
@@ -20,7 +22,9 @@ use virtkit_core::runtime::memory::GuestMem;
 pub use backend::{
     open_tap, persist_tap, Disconnected, NetBackend, Offloads, TapBackend, NET_HDR_LEN,
 };
-use rx::{RxSetup, RxWorker, MAX_FRAME};
+use rx::{RxPath, RxSetup, MAX_FRAME};
+
+use virtkit_core::runtime::StateError;
 
 use super::{
     read_config_bytes, serve_queue, ActivateError, Activation, VirtioDevice, VirtioInterrupt,
@@ -132,6 +136,11 @@ pub struct VirtioNet {
     backends: Vec<Arc<dyn NetBackend>>,
     counters: Arc<NetCounters>,
     active: Option<Active>,
+    /// The VM is paused: receive threads stay stopped.
+    paused: bool,
+    /// Pairs in use carried by a migration, for the activation that
+    /// follows its restore.
+    restored_pairs: Option<usize>,
 }
 
 impl std::fmt::Debug for VirtioNet {
@@ -150,10 +159,15 @@ struct Active {
     interrupt: Arc<dyn VirtioInterrupt>,
     /// Transmit queue of each pair (index 2·pair + 1).
     tx: Vec<Queue>,
-    /// Receive thread of each pair whose queue is ready.
-    rx: Vec<Option<RxWorker>>,
+    /// Receive side of each pair whose queue is ready.
+    rx: Vec<Option<RxPath>>,
     /// The control queue and its index.
     ctrl: Option<(u16, Queue)>,
+    /// Queue pairs the driver uses (`VQ_PAIRS_SET`).
+    pairs_in_use: usize,
+    /// Every queue's `(next_avail, next_used)` at activation: where the
+    /// queues the device does not serve stay.
+    initial: Vec<(u16, u16)>,
     /// Scratch buffer for one frame being sent.
     frame: Vec<u8>,
 }
@@ -171,6 +185,8 @@ impl VirtioNet {
             backends,
             counters: Arc::default(),
             active: None,
+            paused: false,
+            restored_pairs: None,
         })
     }
 
@@ -195,7 +211,10 @@ impl VirtioNet {
 
     /// Use the first `pairs` queue pairs and stop the rest; wake the
     /// receive threads so that they poll their backend again.
-    fn enable_pairs(&self, pairs: usize) {
+    fn enable_pairs(&mut self, pairs: usize) {
+        if let Some(active) = self.active.as_mut() {
+            active.pairs_in_use = pairs;
+        }
         for (i, backend) in self.backends.iter().enumerate() {
             if let Err(e) = backend.set_enabled(i < pairs) {
                 log::warn!("virtio-net: queue pair {i}: {e}");
@@ -350,6 +369,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let restored_pairs = self.restored_pairs.take();
         self.reset();
         let features = activation.features;
         let offloads = Offloads {
@@ -365,6 +385,11 @@ impl VirtioDevice for VirtioNet {
         } else {
             1
         };
+        let initial = activation
+            .queues
+            .iter()
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect();
         let mut queues: Vec<Option<Queue>> = activation.queues.into_iter().map(Some).collect();
         let ctrl = if features & F_CTRL_VQ != 0 {
             let index = 2 * pairs;
@@ -409,7 +434,7 @@ impl VirtioDevice for VirtioNet {
                     counters: self.counters.clone(),
                     mergeable: features & F_MRG_RXBUF != 0,
                 };
-                Some(RxWorker::start(setup).map_err(|e| {
+                Some(RxPath::new(setup, self.paused).map_err(|e| {
                     ActivateError::Host(format!("queue pair {pair}: receive thread: {e}"))
                 })?)
             } else {
@@ -417,16 +442,19 @@ impl VirtioDevice for VirtioNet {
             });
             tx.push(tx_queue);
         }
-        // The driver starts on one pair until it asks for more.
-        self.enable_pairs(1);
         self.active = Some(Active {
             memory: activation.memory,
             interrupt: activation.interrupt,
             tx,
             rx,
             ctrl,
+            pairs_in_use: 1,
+            initial,
             frame: Vec::with_capacity(MAX_FRAME),
         });
+        // The driver starts on one pair until it asks for more; a
+        // migrated driver goes on with what it had asked for.
+        self.enable_pairs(restored_pairs.unwrap_or(1).clamp(1, pairs));
         Ok(())
     }
 
@@ -451,5 +479,92 @@ impl VirtioDevice for VirtioNet {
     fn reset(&mut self) {
         // Dropping the workers stops and joins the receive threads.
         self.active = None;
+        self.restored_pairs = None;
+    }
+
+    fn pause(&mut self) {
+        self.paused = true;
+        for rx in self
+            .active
+            .iter_mut()
+            .flat_map(|a| a.rx.iter_mut().flatten())
+        {
+            rx.pause();
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        self.paused = false;
+        let mut first_error = None;
+        for rx in self
+            .active
+            .iter_mut()
+            .flat_map(|a| a.rx.iter_mut().flatten())
+        {
+            if let Err(e) = rx.resume() {
+                first_error.get_or_insert(StateError::Host(format!("virtio-net: {e}")));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    // Transmit and control requests complete within the notify that
+    // brings them; the receive side is parked while paused. So the queue
+    // positions and the pairs in use are the whole state (a frame the
+    // receive side had read but not delivered is dropped, as a link
+    // would drop it).
+    fn queue_positions(&self) -> Result<Vec<(u16, u16)>, StateError> {
+        let Some(active) = self.active.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut positions = active.initial.clone();
+        let mut set = |index: usize, at: (u16, u16)| {
+            if let Some(p) = positions.get_mut(index) {
+                *p = at;
+            }
+        };
+        for (pair, rx) in active.rx.iter().enumerate() {
+            if let Some(rx) = rx {
+                set(2 * pair, rx.position()?);
+            }
+        }
+        for (pair, tx) in active.tx.iter().enumerate() {
+            set(2 * pair + 1, (tx.next_avail(), tx.next_used()));
+        }
+        if let Some((index, ctrl)) = &active.ctrl {
+            set(usize::from(*index), (ctrl.next_avail(), ctrl.next_used()));
+        }
+        Ok(positions)
+    }
+
+    /// The pairs in use (little-endian `u16`) while the driver runs.
+    fn config_state(&self) -> Vec<u8> {
+        self.active
+            .as_ref()
+            .map(|a| (a.pairs_in_use as u16).to_le_bytes().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn restore_config_state(&mut self, state: &[u8]) -> Result<(), StateError> {
+        self.restored_pairs = match state {
+            [] => None,
+            [a, b] => {
+                let pairs = usize::from(u16::from_le_bytes([*a, *b]));
+                if !(1..=self.backends.len()).contains(&pairs) {
+                    return Err(StateError::Corrupt(format!(
+                        "virtio-net: the driver used {pairs} queue pairs, this device has {}",
+                        self.backends.len()
+                    )));
+                }
+                Some(pairs)
+            }
+            _ => {
+                return Err(StateError::Corrupt(format!(
+                    "virtio-net configuration state is {} bytes, expected 0 or 2",
+                    state.len()
+                )))
+            }
+        };
+        Ok(())
     }
 }

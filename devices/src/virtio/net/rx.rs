@@ -1,7 +1,9 @@
 //! The receive side of one queue pair: a thread that waits for a frame
 //! from the backend and buffers from the driver, and copies one into the
 //! other. It owns its receive queue outright; the vCPU only wakes it
-//! (`kick`) when the driver posts buffers.
+//! (`kick`) when the driver posts buffers. While the VM is paused the
+//! thread is stopped and its queue parked (`RxPath`), so that a paused
+//! guest's memory holds still.
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -11,6 +13,7 @@ use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtkit_core::runtime::memory::GuestMem;
+use virtkit_core::runtime::StateError;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -39,23 +42,104 @@ pub(crate) struct RxSetup {
     pub mergeable: bool,
 }
 
+/// One queue pair's receive side: a thread serving the queue, or, while
+/// the VM is paused, the same queue and any undelivered frame parked
+/// here, so that nothing writes guest memory and the queue's position
+/// can be read.
+pub(crate) struct RxPath {
+    index: u16,
+    state: RxState,
+}
+
+enum RxState {
+    Running(RxWorker),
+    Parked(Box<Receiver>),
+    /// The thread panicked and took the queue with it.
+    Lost,
+}
+
+impl RxPath {
+    /// The receive side of `setup`, started unless `paused`.
+    pub(crate) fn new(setup: RxSetup, paused: bool) -> io::Result<Self> {
+        let index = setup.index;
+        let receiver = Box::new(Receiver::new(setup));
+        let state = if paused {
+            RxState::Parked(receiver)
+        } else {
+            RxState::Running(RxWorker::start(receiver)?)
+        };
+        Ok(RxPath { index, state })
+    }
+
+    /// The driver posted buffers.
+    pub(crate) fn kick(&self) {
+        if let RxState::Running(worker) = &self.state {
+            worker.kick();
+        }
+    }
+
+    /// Stop the thread and keep its queue (and any frame it held).
+    pub(crate) fn pause(&mut self) {
+        if let RxState::Running(worker) = &mut self.state {
+            self.state = match worker.stop() {
+                Some(receiver) => RxState::Parked(receiver),
+                None => RxState::Lost,
+            };
+        }
+    }
+
+    /// Start a thread on the parked queue again.
+    pub(crate) fn resume(&mut self) -> io::Result<()> {
+        match std::mem::replace(&mut self.state, RxState::Lost) {
+            RxState::Parked(receiver) => {
+                self.state = RxState::Running(RxWorker::start(receiver)?);
+                Ok(())
+            }
+            RxState::Running(worker) => {
+                self.state = RxState::Running(worker);
+                Ok(())
+            }
+            RxState::Lost => Err(self.lost()),
+        }
+    }
+
+    /// The queue's `(next_avail, next_used)`, readable only while parked.
+    pub(crate) fn position(&self) -> Result<(u16, u16), StateError> {
+        match &self.state {
+            RxState::Parked(r) => Ok((r.setup.queue.next_avail(), r.setup.queue.next_used())),
+            RxState::Running(_) => Err(StateError::Running(format!(
+                "virtio-net receive queue {}",
+                self.index
+            ))),
+            RxState::Lost => Err(StateError::Host(self.lost().to_string())),
+        }
+    }
+
+    fn lost(&self) -> io::Error {
+        io::Error::other(format!(
+            "virtio-net receive queue {}: its thread panicked",
+            self.index
+        ))
+    }
+}
+
 /// A running receive thread; dropping it stops and joins the thread.
-pub(crate) struct RxWorker {
+struct RxWorker {
     kick: Arc<EventFd>,
     stop: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Box<Receiver>>>,
 }
 
 impl RxWorker {
-    /// Start the thread for `setup`.
-    pub(crate) fn start(setup: RxSetup) -> io::Result<Self> {
+    /// Start a thread serving `receiver`.
+    fn start(mut receiver: Box<Receiver>) -> io::Result<Self> {
         let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let epoll = Epoll::new()?;
         for (fd, token) in [
             (kick.as_raw_fd(), TOKEN_KICK),
             (stop.as_raw_fd(), TOKEN_STOP),
-            (setup.backend.ready_fd().as_raw_fd(), TOKEN_FRAME),
+            (receiver.setup.backend.ready_fd().as_raw_fd(), TOKEN_FRAME),
         ] {
             epoll.ctl(
                 ControlOperation::Add,
@@ -65,8 +149,11 @@ impl RxWorker {
         }
         let (k, s) = (kick.clone(), stop.clone());
         let thread = std::thread::Builder::new()
-            .name(format!("virtio-net-rx{}", setup.index / 2))
-            .spawn(move || Receiver::new(setup).run(&epoll, &k, &s))?;
+            .name(format!("virtio-net-rx{}", receiver.setup.index / 2))
+            .spawn(move || {
+                receiver.run(&epoll, &k, &s);
+                receiver
+            })?;
         Ok(RxWorker {
             kick,
             stop,
@@ -75,24 +162,33 @@ impl RxWorker {
     }
 
     /// The driver posted buffers.
-    pub(crate) fn kick(&self) {
+    fn kick(&self) {
         if let Err(e) = self.kick.write(1) {
             log::warn!("virtio-net: could not wake the receive thread: {e}");
+        }
+    }
+
+    /// Stop and join the thread; its receiver back, unless it panicked.
+    fn stop(&mut self) -> Option<Box<Receiver>> {
+        let thread = self.thread.take()?;
+        if let Err(e) = self.stop.write(1) {
+            // An eventfd write fails only when its counter would
+            // overflow; the thread is told to stop either way.
+            log::warn!("virtio-net: could not signal the receive thread: {e}");
+        }
+        match thread.join() {
+            Ok(receiver) => Some(receiver),
+            Err(_) => {
+                log::warn!("virtio-net: the receive thread panicked");
+                None
+            }
         }
     }
 }
 
 impl Drop for RxWorker {
     fn drop(&mut self) {
-        if let Err(e) = self.stop.write(1) {
-            log::warn!("virtio-net: could not stop the receive thread: {e}");
-            return;
-        }
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::warn!("virtio-net: the receive thread panicked");
-            }
-        }
+        self.stop();
     }
 }
 
@@ -120,11 +216,29 @@ impl Receiver {
         }
     }
 
-    fn run(mut self, epoll: &Epoll, kick: &EventFd, stop: &EventFd) {
+    fn run(&mut self, epoll: &Epoll, kick: &EventFd, stop: &EventFd) {
         let frame_fd = self.setup.backend.ready_fd().as_raw_fd();
         let mut watching_frames = true;
         let mut events = [EpollEvent::default(); 3];
+        // A thread restarted after a pause may find a frame it held, or
+        // buffers posted meanwhile, with no event to announce them.
+        let mut want_frames = self.pump();
         loop {
+            // While a frame waits for buffers, stop polling the backend:
+            // its descriptor stays readable and would spin this loop.
+            if want_frames != watching_frames {
+                let op = if want_frames {
+                    ControlOperation::Add
+                } else {
+                    ControlOperation::Delete
+                };
+                if let Err(e) = epoll.ctl(op, frame_fd, EpollEvent::new(EventSet::IN, TOKEN_FRAME))
+                {
+                    log::warn!("virtio-net: receive thread stops: {e}");
+                    return;
+                }
+                watching_frames = want_frames;
+            }
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -145,22 +259,7 @@ impl Receiver {
                     _ => {}
                 }
             }
-            let want_frames = self.pump();
-            // While a frame waits for buffers, stop polling the backend:
-            // its descriptor stays readable and would spin this loop.
-            if want_frames != watching_frames {
-                let op = if want_frames {
-                    ControlOperation::Add
-                } else {
-                    ControlOperation::Delete
-                };
-                if let Err(e) = epoll.ctl(op, frame_fd, EpollEvent::new(EventSet::IN, TOKEN_FRAME))
-                {
-                    log::warn!("virtio-net: receive thread stops: {e}");
-                    return;
-                }
-                watching_frames = want_frames;
-            }
+            want_frames = self.pump();
         }
     }
 
