@@ -470,4 +470,57 @@ fn a_synthetic_flash_boots_from_the_reset_vector_and_writes_only_its_own_vars() 
         "template untouched"
     );
     assert_eq!(std::fs::read(&code_path).unwrap()[CODE_PROBE], b'C');
+    drop((code, vars));
+
+    // Migration: a target VM with the same firmware and its own VARS
+    // file takes the variables the guest set, on disk too.
+    use virtkit_core::runtime::Snapshot;
+    let target_vars = work.join("target.vars");
+    let fw2 = prepare(&selection, &target_vars, false).unwrap();
+    let (builder2, flash2) = fw2
+        .attach(VmBuilder::new(VmConfig {
+            name: "efi-target".into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+        }))
+        .unwrap();
+    let target = builder2.build().unwrap();
+    flash2.register_state(&target).unwrap();
+    let ids = target.device_state_ids();
+    assert!(ids.iter().any(|i| i == "flash-code") && ids.iter().any(|i| i == "flash-vars"));
+    assert_ne!(&flash2.vars.lock().unwrap().contents()[b..b + 2], b"VK");
+    let vars_state = flash.vars.lock().unwrap().save_state().unwrap();
+    let code_state = flash.code.lock().unwrap().save_state().unwrap();
+    flash2
+        .code
+        .lock()
+        .unwrap()
+        .restore_state(&code_state)
+        .unwrap();
+    flash2
+        .vars
+        .lock()
+        .unwrap()
+        .restore_state(&vars_state)
+        .unwrap();
+    assert_eq!(&flash2.vars.lock().unwrap().contents()[b..b + 2], b"VK");
+    assert_eq!(
+        std::fs::read(&target_vars).unwrap(),
+        on_disk,
+        "the target's VARS file"
+    );
+    // Other firmware code on the target is refused; so is a VARS state
+    // loaded into the CODE flash.
+    let mut other = synthetic_code();
+    other[CODE_PROBE] ^= 1;
+    let mut other = virtkit_firmware_loader::ovmf::pflash::Pflash::read_only(other, 4096);
+    let e = other.restore_state(&code_state).unwrap_err();
+    assert!(e.to_string().contains("other firmware code"), "{e}");
+    assert!(flash2
+        .code
+        .lock()
+        .unwrap()
+        .restore_state(&vars_state)
+        .is_err());
+    target.stop().unwrap();
 }

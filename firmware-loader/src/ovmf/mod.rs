@@ -323,6 +323,24 @@ pub struct AttachedFlash {
     pub vars: Arc<Mutex<Pflash>>,
 }
 
+/// Id of the CODE flash's migration state.
+pub const FLASH_CODE_STATE_ID: &str = "flash-code";
+/// Id of the VARS flash's migration state.
+pub const FLASH_VARS_STATE_ID: &str = "flash-vars";
+
+impl AttachedFlash {
+    /// Register both flashes' state with `vm`, so that a migration
+    /// carries the EFI variables the guest set (and refuses a target with
+    /// other firmware code).
+    pub fn register_state(
+        &self,
+        vm: &virtkit_core::runtime::Vm,
+    ) -> Result<(), virtkit_core::runtime::RuntimeError> {
+        vm.add_device_state(FLASH_CODE_STATE_ID, self.code.clone())?;
+        vm.add_device_state(FLASH_VARS_STATE_ID, self.vars.clone())
+    }
+}
+
 impl EfiFirmware {
     /// The flash layout of these images.
     pub fn layout(&self) -> FlashLayout {

@@ -49,7 +49,9 @@ pub const DEVICE_ID: u8 = 0x18;
 /// Largest buffered write, in bytes.
 const WRITE_BUFFER_LEN: usize = 256;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The write state machine. Serialized as is into version 1 of the
+/// migration blob: a change here is a new blob version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Mode {
     ReadArray,
     Status,
@@ -453,5 +455,109 @@ mod tests {
             (read(&mut f, 0), read(&mut f, 1)),
             (MANUFACTURER_ID, DEVICE_ID)
         );
+    }
+}
+
+const STATE_MAGIC: [u8; 8] = *b"VKPFLASH";
+
+/// A flash's migration blob, version 1: the write state machine, and the
+/// contents of a writable flash (EFI variables the guest set since it
+/// booted); a read-only flash sends a hash of its contents instead, so a
+/// target running other firmware code is refused.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PflashStateV1 {
+    read_only: bool,
+    len: u64,
+    mode: Mode,
+    status: u8,
+    contents: Option<Vec<u8>>,
+    code_hash: u64,
+}
+
+impl Pflash {
+    fn code_hash(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.data)
+    }
+
+    fn check_mode(&self, mode: &Mode) -> Result<(), String> {
+        let fits = |start: u64, data: &[u8], remaining: usize| {
+            data.len() + remaining <= WRITE_BUFFER_LEN
+                && (start == u64::MAX
+                    || start.saturating_add(WRITE_BUFFER_LEN as u64) <= self.len())
+        };
+        match mode {
+            Mode::BufferData {
+                remaining,
+                start,
+                data,
+            } if !fits(*start, data, *remaining) => Err(format!(
+                "a buffered write of {} + {remaining} bytes at {start:#x}",
+                data.len()
+            )),
+            Mode::BufferConfirm { start, data } if !fits(*start, data, 0) || *start == u64::MAX => {
+                Err(format!(
+                    "a buffered write of {} bytes at {start:#x}",
+                    data.len()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl virtkit_core::runtime::Snapshot for Pflash {
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        let state = PflashStateV1 {
+            read_only: self.read_only,
+            len: self.len(),
+            mode: self.mode.clone(),
+            status: self.status,
+            contents: (!self.read_only).then(|| self.data.clone()),
+            code_hash: if self.read_only { self.code_hash() } else { 0 },
+        };
+        virtkit_devices::state::encode(STATE_MAGIC, 1, &state)
+    }
+
+    /// Load the state; a writable flash takes the source's contents and
+    /// writes them through to its own backing file (the target's VARS).
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        use virtkit_core::runtime::StateError;
+        let (_, s): (u32, PflashStateV1) =
+            virtkit_devices::state::decode(state, STATE_MAGIC, 1..=1)?;
+        let corrupt = |why: String| StateError::Corrupt(format!("flash: {why}"));
+        if s.read_only != self.read_only || s.len != self.len() {
+            return Err(corrupt(format!(
+                "the source's flash is {} bytes{}, this one {} bytes{}",
+                s.len,
+                if s.read_only { ", read-only" } else { "" },
+                self.len(),
+                if self.read_only { ", read-only" } else { "" }
+            )));
+        }
+        self.check_mode(&s.mode).map_err(corrupt)?;
+        match (&s.contents, self.read_only) {
+            (None, true) if s.code_hash == self.code_hash() => {}
+            (None, true) => {
+                return Err(corrupt(
+                    "the source runs other firmware code than this VM".into(),
+                ))
+            }
+            (Some(contents), false) if contents.len() as u64 == self.len() => {
+                if contents != &self.data {
+                    let errors = self.stats.io_errors;
+                    self.store(0, contents);
+                    self.sync();
+                    if self.stats.io_errors > errors {
+                        return Err(StateError::Host(
+                            "flash: the VARS file could not take the source's variables".into(),
+                        ));
+                    }
+                }
+            }
+            _ => return Err(corrupt("contents do not match the flash's kind".into())),
+        }
+        self.mode = s.mode;
+        self.status = s.status;
+        Ok(())
     }
 }
