@@ -202,6 +202,12 @@ impl std::fmt::Debug for AtaDisk {
     }
 }
 
+/// Whether SET MULTIPLE MODE takes `n` sectors per block: 0 (off) or a
+/// power of two up to 16.
+pub(crate) fn valid_multiple(n: u16) -> bool {
+    n <= 16 && (n == 0 || n.is_power_of_two())
+}
+
 impl AtaDisk {
     /// Sectors per DRQ block of READ/WRITE MULTIPLE (0: off), for
     /// migration.
@@ -258,7 +264,7 @@ impl AtaDisk {
             // SET MULTIPLE MODE: 0 disables, else a power of two up to 16.
             0xc6 => {
                 let n = cmd.count & 0xff;
-                if n <= 16 && (n == 0 || n.is_power_of_two()) {
+                if valid_multiple(n) {
                     self.multiple = n;
                     Completion::ok()
                 } else {

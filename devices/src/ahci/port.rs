@@ -240,7 +240,7 @@ impl Port {
         match (&self.drive, &s.drive) {
             (None, DriveStateV1::Empty) | (Some(Drive::Cdrom(_)), DriveStateV1::Cdrom(_)) => Ok(()),
             (Some(Drive::Disk(_)), DriveStateV1::Disk { multiple }) => {
-                if *multiple <= 16 && (*multiple == 0 || multiple.is_power_of_two()) {
+                if super::ata::valid_multiple(*multiple) {
                     Ok(())
                 } else {
                     Err(format!("{multiple} sectors per multiple block"))
