@@ -211,6 +211,83 @@ fn pause_and_resume_reach_every_device_with_state() {
 }
 
 #[test]
+fn a_failed_lock_handover_gives_back_what_it_released_and_names_the_device() {
+    if !kvm_present() {
+        return;
+    }
+    use virtkit_core::runtime::{Snapshot, StateError};
+    /// Records "release" and "take"; fails the one it is told to.
+    struct Locker {
+        log: Arc<Mutex<Vec<&'static str>>>,
+        fail_release: bool,
+        fail_take: bool,
+    }
+    impl Snapshot for Locker {
+        fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
+            Ok(Vec::new())
+        }
+        fn restore_state(&mut self, _: &[u8]) -> Result<(), StateError> {
+            Ok(())
+        }
+        fn release_locks(&mut self) -> Result<(), StateError> {
+            self.log.lock().unwrap().push("release");
+            if self.fail_release {
+                return Err(StateError::Host("cannot flush".into()));
+            }
+            Ok(())
+        }
+        fn take_locks(&mut self) -> Result<(), StateError> {
+            self.log.lock().unwrap().push("take");
+            if self.fail_take {
+                return Err(StateError::Locked("held elsewhere".into()));
+            }
+            Ok(())
+        }
+    }
+    let vm = VmBuilder::new(config(1, 4)).build().unwrap();
+    let mut logs = Vec::new();
+    for (id, fail_release, fail_take) in
+        [("a", false, false), ("b", true, true), ("c", false, false)]
+    {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let locker = Locker {
+            log: log.clone(),
+            fail_release,
+            fail_take,
+        };
+        vm.add_device_state(id, Arc::new(Mutex::new(locker)))
+            .unwrap();
+        logs.push(log);
+    }
+    let taken = |i: usize| logs[i].lock().unwrap().clone();
+    // "b" cannot let go: "a", which had, takes its locks back; "c" was
+    // never asked.
+    let e = vm.release_locks().unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::DeviceState { device, source: StateError::Host(_) } if device == "b"),
+        "{e}"
+    );
+    assert_eq!(taken(0), ["release", "take"]);
+    assert_eq!(taken(1), ["release"]);
+    assert!(taken(2).is_empty());
+    // Taking stops at the first lock held elsewhere and names it.
+    let e = vm.take_locks().unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::DeviceState { device, source: StateError::Locked(_) } if device == "b"),
+        "{e}"
+    );
+    assert!(taken(2).is_empty());
+    // Only a VM that is not running hands its locks over.
+    payload::touch_pages(4, None, 0).unwrap().load(&vm).unwrap();
+    vm.start().unwrap();
+    assert!(matches!(
+        vm.release_locks(),
+        Err(RuntimeError::BadState { .. })
+    ));
+    assert_eq!(vm.stop().unwrap(), VmExit::Stopped);
+}
+
+#[test]
 fn vcpu_state_restored_into_a_second_vm_continues_the_count() {
     if !kvm_present() {
         return;

@@ -137,6 +137,7 @@ pub fn plan_disk(index: usize, disk: &Disk, image: &Path) -> Result<DiskPlan, Di
         options: DiskOptions {
             read_only,
             shareable,
+            incoming: false,
         },
         serial: disk.serial.clone().unwrap_or_default(),
         image: image.to_path_buf(),
@@ -299,6 +300,7 @@ mod tests {
             options: DiskOptions {
                 read_only: true,
                 shareable: false,
+                incoming: false,
             },
             serial: String::new(),
             image,

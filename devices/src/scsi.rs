@@ -176,7 +176,12 @@ impl ScsiUnit {
         }
     }
 
-    /// The unit's kind.
+    /// The image the unit serves.
+    pub fn backend(&self) -> &std::sync::Arc<dyn BlockBackend> {
+        &self.backend
+    }
+
+    /// What the unit is.
     pub fn kind(&self) -> UnitKind {
         self.kind
     }

@@ -259,6 +259,7 @@ fn guest_drives_sata_disk_and_cdrom_on_msix_interrupts() {
         let options = DiskOptions {
             read_only,
             shareable: false,
+            incoming: false,
         };
         open_disk(p, options).unwrap().into()
     };

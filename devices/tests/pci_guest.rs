@@ -290,6 +290,7 @@ fn guest_reads_and_writes_a_qcow2_disk() {
     let read_only = DiskOptions {
         read_only: true,
         shareable: false,
+        incoming: false,
     };
     let ro = open_disk(&qcow2, read_only).unwrap();
     let mut sector = [0u8; 16];

@@ -188,6 +188,7 @@ fn transport(
         DiskOptions {
             read_only,
             shareable: false,
+            incoming: false,
         },
     )
     .unwrap();

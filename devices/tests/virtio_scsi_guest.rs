@@ -111,6 +111,7 @@ fn image(path: &Path, blocks: usize, block: usize, tag: &str) -> Arc<dyn BlockBa
     let options = DiskOptions {
         read_only: true,
         shareable: false,
+        incoming: false,
     };
     open_disk(path, options).unwrap().into()
 }

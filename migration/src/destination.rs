@@ -222,6 +222,21 @@ fn load_state(
     Ok(target)
 }
 
+/// Send Confirm with the target's checksum and wait for the source's
+/// Commit.
+fn confirm_and_wait_commit(rd: &mut Counting<'_>, checksum: u64) -> Result<(), MigrationError> {
+    let confirm = protocol::Checksum {
+        xxh3: U64::new(checksum),
+    };
+    protocol::write_frame(rd.inner, Kind::Confirm, &[confirm.as_bytes()])
+        .map_err(MigrationError::Connection)?;
+    rd.inner.flush().map_err(MigrationError::Connection)?;
+    match read_peer(rd)? {
+        Frame::Commit => Ok(()),
+        f => Err(unexpected("Commit", &f)),
+    }
+}
+
 /// Receive a migration on `stream`. `build` makes the VM once the Hello
 /// has been checked; it must have the layout asked for (the VM is checked
 /// against it). On success the guest runs on the returned VM.
@@ -399,24 +414,23 @@ fn receive_inner(
     let source_sum = applied?;
     let t0 = Instant::now();
     // Load everything; a failure tells the source why before giving up.
-    let loaded = load_state(&vm, &layout, &devices, &vcpus, clock.as_ref(), source_sum);
+    // The source let go of its disk locks before Complete: take them.
+    let loaded = load_state(&vm, &layout, &devices, &vcpus, clock.as_ref(), source_sum)
+        .and_then(|sum| vm.take_locks().map(|()| sum).map_err(MigrationError::from));
     match loaded {
         Ok(sum) => stats.checksum = sum,
         Err(e) => {
+            // Let go first, so the source can take its locks back.
+            let _ = vm.release_locks();
             let _ = protocol::write_frame(rd.inner, Kind::Cancel, &[e.to_string().as_bytes()]);
             let _ = rd.inner.flush();
             return Err(e);
         }
     }
-    let confirm = protocol::Checksum {
-        xxh3: U64::new(stats.checksum),
-    };
-    protocol::write_frame(rd.inner, Kind::Confirm, &[confirm.as_bytes()])
-        .map_err(MigrationError::Connection)?;
-    rd.inner.flush().map_err(MigrationError::Connection)?;
-    match read(&mut rd)? {
-        Frame::Commit => {}
-        f => return Err(unexpected("Commit", &f)),
+    let committed = confirm_and_wait_commit(&mut rd, stats.checksum);
+    if let Err(e) = committed {
+        let _ = vm.release_locks();
+        return Err(e);
     }
     vm.start()?;
     stats.resume_time = t0.elapsed();

@@ -28,3 +28,5 @@ pub mod source;
 pub use model::{
     MigrationError, MigrationOptions, MigrationPhase, MigrationStats, NonConvergencePolicy,
 };
+#[cfg(feature = "kvm")]
+pub use source::LOCK_RECLAIM_TIMEOUT;

@@ -232,6 +232,22 @@ pub enum MigrationError {
     /// The VM was not in a state that can migrate.
     #[error("{0}")]
     Precondition(String),
+    /// The migration failed after the source handed its disk locks over,
+    /// and the source, running again, could not take them back within
+    /// [`LOCK_RECLAIM_TIMEOUT`](crate::LOCK_RECLAIM_TIMEOUT): the target
+    /// (or a third party) still holds them. Writes to those disks fail
+    /// until [`Vm::take_locks`](virtkit_core::runtime::Vm::take_locks)
+    /// succeeds.
+    #[cfg(feature = "kvm")]
+    #[error(
+        "{cause}; the source runs again, but its disk locks are still held elsewhere: {reclaim}"
+    )]
+    LocksNotReclaimed {
+        /// Why the migration failed.
+        cause: Box<MigrationError>,
+        /// Why the locks could not be taken back.
+        reclaim: virtkit_core::runtime::RuntimeError,
+    },
 }
 
 #[cfg(test)]

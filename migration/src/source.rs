@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use virtkit_core::runtime::{dirty_pages, RunState, Vm};
+use virtkit_core::runtime::{dirty_pages, RunState, RuntimeError, StateError, Vm};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::IntoBytes;
@@ -23,6 +23,21 @@ use crate::transport::MigrationStream;
 
 /// Domain separation for the authentication MAC.
 pub(crate) const AUTH_CONTEXT: &[u8] = b"virtkit-migration-v1";
+
+/// How long a source whose migration failed after it handed its disk
+/// locks over waits for the target to let go of them: the target drops
+/// its half-built VM (and with it the locks) when the connection ends,
+/// which may take a moment after the source sees the failure.
+pub const LOCK_RECLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the source changed and must undo when the migration fails.
+#[derive(Default)]
+struct Undo {
+    /// The VM was paused here.
+    paused: bool,
+    /// Its devices handed their host locks over.
+    locks_released: bool,
+}
 
 /// Cancels a running migration from another thread: the source resumes as
 /// if nothing happened, the target discards everything.
@@ -362,11 +377,16 @@ pub fn migrate(
         buf: Vec::new(),
         zero: Vec::with_capacity(MAX_PAGES_PER_FRAME as usize),
     };
-    let mut paused_here = false;
-    let result = run(&mut s, progress, &mut paused_here);
+    let mut undo = Undo::default();
+    let mut result = run(&mut s, progress, &mut undo);
     if let Err(e) = &result {
         // Leave the source exactly as it was.
-        if paused_here {
+        let reclaim = if undo.locks_released {
+            take_locks_back(vm).err()
+        } else {
+            None
+        };
+        if undo.paused {
             if let Err(r) = vm.resume() {
                 log::error!("migration failed; the source resumed, but {r}");
             }
@@ -389,14 +409,36 @@ pub fn migrate(
             remaining_pages: 0,
             bytes_sent: s.stats.bytes_sent,
         });
+        if let Some(reclaim) = reclaim {
+            log::error!("the source runs again without its disk locks: {reclaim}");
+            result = result.map_err(|cause| MigrationError::LocksNotReclaimed {
+                cause: Box::new(cause),
+                reclaim,
+            });
+        }
     }
     result.map(|()| s.stats)
+}
+
+/// Take the disk locks back after a failed switchover, waiting up to
+/// [`LOCK_RECLAIM_TIMEOUT`] for the target to let go of them.
+fn take_locks_back(vm: &Vm) -> Result<(), RuntimeError> {
+    let deadline = Instant::now() + LOCK_RECLAIM_TIMEOUT;
+    loop {
+        match vm.take_locks() {
+            Err(RuntimeError::DeviceState {
+                source: StateError::Locked(_),
+                ..
+            }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            other => return other,
+        }
+    }
 }
 
 fn run(
     s: &mut Sender<'_>,
     progress: &dyn Fn(&Progress),
-    paused_here: &mut bool,
+    undo: &mut Undo,
 ) -> Result<(), MigrationError> {
     let vm = s.vm;
     let report = |s: &Sender<'_>, phase, iteration, remaining_pages| {
@@ -512,7 +554,7 @@ fn run(
     // Switchover: pause, final pass, state.
     let t0 = Instant::now();
     vm.pause()?;
-    *paused_here = true;
+    undo.paused = true;
     let t1 = Instant::now();
     // Pages dirtied since `maps` was taken, plus `maps` itself.
     let rest = vm.take_dirty_pages()?;
@@ -538,6 +580,10 @@ fn run(
     }
     let clock = vm.save_clock()?;
     s.frame(Kind::Clock, &[zerocopy::IntoBytes::as_bytes(&clock)])?;
+    // Shared storage: flush and hand the disk locks over; the target
+    // takes them before it confirms.
+    undo.locks_released = true;
+    vm.release_locks()?;
     s.frame(Kind::Complete, &[&checksum.to_le_bytes()])?;
     s.stream.flush().map_err(|e| s.io(e))?;
     match s.read()? {

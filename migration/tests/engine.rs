@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use virtkit_core::payload::{self, COUNTER_ADDR};
 use virtkit_core::runtime::{RunState, Vm, VmBuilder, VmConfig};
+use virtkit_devices::block::{open_disk, BlockBackend, BlockError, DiskOptions};
+use virtkit_devices::pci::{MsiSink, PciBus, PciLayout};
+use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
+use virtkit_devices::virtio::pci::VirtioPciDevice;
 use virtkit_migration::destination::{receive, Received};
 use virtkit_migration::protocol::{self, Kind};
 use virtkit_migration::source::{migrate, CancelHandle};
@@ -608,6 +612,155 @@ fn a_device_writing_guest_memory_on_its_own_holds_still_from_the_pause() {
     assert_eq!(restored, saved, "the target's device");
     assert_eq!(stamp(&src), saved, "nothing wrote after the pause");
     got.vm.stop().unwrap();
+}
+
+struct NoMsi;
+impl MsiSink for NoMsi {
+    fn send(&self, _: u64, _: u32) {}
+}
+
+/// A PCI bus with one virtio-blk device over `image`, and the disk.
+fn disk_bus(
+    vm: &Vm,
+    image: &std::path::Path,
+    options: DiskOptions,
+) -> (Arc<std::sync::Mutex<PciBus>>, Arc<dyn BlockBackend>) {
+    let disk: Arc<dyn BlockBackend> = open_disk(image, options).unwrap().into();
+    let blk = VirtioBlock::new(disk.clone(), BlockConfig::default());
+    let dev = VirtioPciDevice::new(Box::new(blk), vm.memory().clone(), Arc::new(NoMsi)).unwrap();
+    let bus = PciBus::new(PciLayout::for_memory(8 << 20));
+    bus.add_at(3, Arc::new(std::sync::Mutex::new(dev))).unwrap();
+    (Arc::new(std::sync::Mutex::new(bus)), disk)
+}
+
+fn is_locked(image: &std::path::Path) -> bool {
+    matches!(
+        open_disk(image, DiskOptions::default()),
+        Err(BlockError::Locked { .. })
+    )
+}
+
+const INCOMING: DiskOptions = DiskOptions {
+    read_only: false,
+    shareable: false,
+    incoming: true,
+};
+
+/// A source with a disk on "shared storage" (a file both VMs open),
+/// which it has written to.
+fn source_with_disk(image: &std::path::Path) -> (Vm, Arc<dyn BlockBackend>) {
+    std::fs::write(image, vec![0u8; 1 << 20]).unwrap();
+    let src = source(16);
+    let (bus, disk) = disk_bus(&src, image, DiskOptions::default());
+    src.add_device_state("pci", bus).unwrap();
+    disk.write_at(b"written on the source", 0).unwrap();
+    (src, disk)
+}
+
+#[test]
+fn a_disk_on_shared_storage_changes_hands_at_the_switchover() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.raw");
+    let (src, src_disk) = source_with_disk(&image);
+    assert!(is_locked(&image), "an ordinary open is refused");
+    let (a, b) = UnixStream::pair().unwrap();
+    let target_image = image.clone();
+    let target = std::thread::spawn(move || {
+        let mut disk = None;
+        let r = receive(Box::new(b), SECRET, |layout| {
+            let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+            // Opened while the source still runs and holds the lock.
+            let (bus, d) = disk_bus(&vm, &target_image, INCOMING);
+            vm.add_device_state("pci", bus)?;
+            disk = Some(d);
+            Ok(vm)
+        });
+        (r, disk)
+    });
+    migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap();
+    let (got, disk) = target.join().unwrap();
+    let (got, disk) = (got.unwrap(), disk.unwrap());
+    // The target holds the image now: it reads what the source wrote and
+    // writes; the source may not, and neither may anyone else.
+    let mut buf = [0u8; 21];
+    disk.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"written on the source");
+    disk.write_at(b"written on the target", 512).unwrap();
+    assert!(src_disk.write_at(b"late", 0).is_err());
+    assert!(is_locked(&image));
+    // The lock goes with the target VM.
+    got.vm.stop().unwrap();
+    drop((got, disk));
+    assert!(!is_locked(&image), "the target VM let go when dropped");
+}
+
+/// A device whose host lock a target cannot take (in use elsewhere).
+struct LockTaker {
+    refuse: bool,
+}
+
+impl virtkit_core::runtime::Snapshot for LockTaker {
+    fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
+        Ok(Vec::new())
+    }
+    fn restore_state(&mut self, _: &[u8]) -> Result<(), virtkit_core::runtime::StateError> {
+        Ok(())
+    }
+    fn take_locks(&mut self) -> Result<(), virtkit_core::runtime::StateError> {
+        if self.refuse {
+            Err(virtkit_core::runtime::StateError::Locked(
+                "its image is in use by another VM".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn a_target_that_cannot_take_every_lock_cancels_and_the_source_takes_its_disk_back() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.raw");
+    let (src, src_disk) = source_with_disk(&image);
+    let taker = LockTaker { refuse: false };
+    src.add_device_state("lock-taker", Arc::new(std::sync::Mutex::new(taker)))
+        .unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let target_image = image.clone();
+    let target = std::thread::spawn(move || {
+        receive(Box::new(b), SECRET, |layout| {
+            let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+            // The disk's lock is taken first, then the refusing device
+            // fails: the target must let go of the disk again.
+            let (bus, _) = disk_bus(&vm, &target_image, INCOMING);
+            vm.add_device_state("pci", bus)?;
+            let taker = LockTaker { refuse: true };
+            vm.add_device_state("lock-taker", Arc::new(std::sync::Mutex::new(taker)))?;
+            Ok(vm)
+        })
+    });
+    let t = Instant::now();
+    let e = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(
+        matches!(&e, MigrationError::PeerCancelled(m) if m.contains("lock-taker") && m.contains("in use")),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < virtkit_migration::LOCK_RECLAIM_TIMEOUT,
+        "the target let go at once"
+    );
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+    // The source holds its disk again and writes to it.
+    src_disk.write_at(b"the source goes on", 0).unwrap();
+    assert!(is_locked(&image));
+    src.stop().unwrap();
 }
 
 #[test]

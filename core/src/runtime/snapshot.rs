@@ -50,6 +50,22 @@ pub trait Snapshot: Send {
     fn resume(&mut self) -> Result<(), StateError> {
         Ok(())
     }
+    /// A migration's switchover, on the paused source once the state is
+    /// saved: flush what the device holds on the host and let go of its
+    /// host locks (a disk image's), so that the target, which opened the
+    /// same shared storage without them, can take them. The device must
+    /// not write those resources again until [`Snapshot::take_locks`].
+    /// Idempotent. The default has no host locks.
+    fn release_locks(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+    /// Take the host locks: on a target before it confirms a migration,
+    /// and on a source whose migration failed after
+    /// [`Snapshot::release_locks`]. A lock held elsewhere is
+    /// [`StateError::Locked`]. Idempotent: what is held stays held.
+    fn take_locks(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// A shared handle to a device with state.

@@ -81,6 +81,11 @@ pub enum StateError {
     /// descriptor).
     #[error("{0}")]
     Host(String),
+    /// Another process holds a host lock the device needs (a disk
+    /// image's): the migration peer has not let go of it yet, or a third
+    /// party uses the resource.
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// Everything KVM holds for one vCPU, version 1.

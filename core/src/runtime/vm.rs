@@ -803,6 +803,52 @@ impl Vm {
         failed.map_or(Ok(()), Err)
     }
 
+    /// Hand the host locks of every device with state to a migration
+    /// target ([`Snapshot::release_locks`]): flush, then let go. The VM
+    /// must be paused (or not started). When a device fails, those that
+    /// already let go take their locks back and the error names it.
+    pub fn release_locks(&self) -> Result<(), RuntimeError> {
+        self.expect_state(
+            "release the locks of",
+            &[RunState::Paused, RunState::Created],
+        )?;
+        let devices = lock(&self.device_states);
+        for (i, (id, dev)) in devices.iter().enumerate() {
+            if let Err(source) = lock(dev).release_locks() {
+                for (back, dev) in &devices[..i] {
+                    if let Err(e) = lock(dev).take_locks() {
+                        log::error!("{back}: could not take its locks back: {e}");
+                    }
+                }
+                return Err(RuntimeError::DeviceState {
+                    device: id.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the host locks of every device with state
+    /// ([`Snapshot::take_locks`]): a migration target does so before it
+    /// confirms, a source whose migration failed after
+    /// [`Vm::release_locks`] before it resumes. The first device whose
+    /// lock is held elsewhere is named in the error; the locks taken
+    /// before it stay held, so calling again (once the other side let
+    /// go) completes the set.
+    pub fn take_locks(&self) -> Result<(), RuntimeError> {
+        let devices = lock(&self.device_states);
+        for (id, dev) in devices.iter() {
+            lock(dev)
+                .take_locks()
+                .map_err(|source| RuntimeError::DeviceState {
+                    device: id.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Stop the VM (if still running) and return why it ended.
     pub fn stop(&self) -> Result<VmExit, RuntimeError> {
         if self.state() == RunState::Created {

@@ -220,6 +220,10 @@ impl AtaDisk {
         self.multiple = n;
     }
 
+    pub(crate) fn backend(&self) -> &Arc<dyn BlockBackend> {
+        &self.backend
+    }
+
     pub(crate) fn new(backend: Arc<dyn BlockBackend>, serial: &str) -> Self {
         AtaDisk {
             backend,

@@ -43,6 +43,10 @@ pub(crate) struct CdromStateV1 {
 }
 
 impl AtapiCdrom {
+    pub(crate) fn unit(&self) -> &ScsiUnit {
+        &self.unit
+    }
+
     pub(crate) fn new(unit: ScsiUnit, serial: &str) -> Self {
         AtapiCdrom {
             unit,

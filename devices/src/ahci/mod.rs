@@ -277,6 +277,13 @@ impl AhciController {
 }
 
 impl PciDevice for AhciController {
+    fn disks(&self) -> Vec<Arc<dyn BlockBackend>> {
+        self.ports
+            .iter()
+            .filter_map(|p| p.drive.as_ref().map(|d| d.backend().clone()))
+            .collect()
+    }
+
     fn name(&self) -> &str {
         "ahci"
     }

@@ -82,6 +82,13 @@ pub(crate) enum Drive {
 }
 
 impl Drive {
+    pub(crate) fn backend(&self) -> &std::sync::Arc<dyn crate::block::BlockBackend> {
+        match self {
+            Drive::Disk(d) => d.backend(),
+            Drive::Cdrom(c) => c.unit().backend(),
+        }
+    }
+
     fn signature(&self) -> u32 {
         match self {
             Drive::Disk(_) => SIG_ATA,

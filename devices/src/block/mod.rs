@@ -35,6 +35,22 @@ pub trait BlockBackend: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// The range must read as zeroes; `unmap` allows freeing it.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// Flush, then let go of the image's host lock so that a migration
+    /// target can take it (with [`BlockBackend::take_lock`]). Writes fail
+    /// until this backend takes the lock again. Idempotent. The default,
+    /// for a backend with no host lock, only flushes.
+    fn release_lock(&self) -> io::Result<()> {
+        self.flush()
+    }
+    /// Take the image's host lock: on a migration target, whose disk was
+    /// opened [`DiskOptions::incoming`], once the source has let go; on a
+    /// source whose migration failed after [`BlockBackend::release_lock`].
+    /// What the backend caches of the image is read again, since the
+    /// other side may have changed it. Idempotent; a lock held elsewhere
+    /// is [`BlockError::Locked`] and leaves the backend as it was.
+    fn take_lock(&self) -> Result<(), BlockError> {
+        Ok(())
+    }
 }
 
 /// How a disk image is opened.
@@ -45,6 +61,10 @@ pub struct DiskOptions {
     /// Other VMs may use the image at the same time (KubeVirt
     /// `shareable: true`): take a shared lock rather than an exclusive one.
     pub shareable: bool,
+    /// The disk arrives with a migrating guest whose source still holds
+    /// the image: open it without a lock and refuse writes until the
+    /// migration hands the lock over ([`BlockBackend::take_lock`]).
+    pub incoming: bool,
 }
 
 /// Why an image could not be opened.
@@ -80,59 +100,129 @@ pub enum BlockError {
     },
 }
 
-/// Open `path` for a disk and take the lock its options call for:
-/// exclusive for a writable, non-shareable disk, shared otherwise (the
-/// rule QEMU follows, so QEMU and virtkit exclude each other too).
-fn open_locked(path: &Path, options: DiskOptions) -> Result<File, BlockError> {
-    let open_err = |source| BlockError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
+/// Open `path` for a disk and take the lock its options call for
+/// (none yet for an [`DiskOptions::incoming`] disk).
+fn open_locked(path: &Path, options: DiskOptions) -> Result<(File, ImageLock), BlockError> {
     let file = OpenOptions::new()
         .read(true)
         .write(!options.read_only)
         .open(path)
-        .map_err(open_err)?;
-    let exclusive = !options.read_only && !options.shareable;
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
+        .map_err(|source| BlockError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let lock = ImageLock {
+        path: path.to_path_buf(),
+        options,
+        held: std::sync::Mutex::new(false),
     };
-    // SAFETY: flock on an fd we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            BlockError::Locked {
-                path: path.to_path_buf(),
-                held: if exclusive {
-                    "shared or exclusive"
-                } else {
-                    "exclusive"
-                },
-            }
-        } else {
-            open_err(e)
-        });
+    if !options.incoming {
+        lock.take(&file)?;
     }
-    Ok(file)
+    Ok((file, lock))
+}
+
+/// The host lock on an open image: exclusive for a writable,
+/// non-shareable disk, shared otherwise (the rule QEMU follows, so QEMU
+/// and virtkit exclude each other too). A migration hands it from the
+/// source to the target; while it is not held, writes are refused.
+#[derive(Debug)]
+struct ImageLock {
+    path: PathBuf,
+    options: DiskOptions,
+    held: std::sync::Mutex<bool>,
+}
+
+impl ImageLock {
+    fn held(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exclusive(&self) -> bool {
+        !self.options.read_only && !self.options.shareable
+    }
+
+    /// Take the lock on `file`; whether it was not held before.
+    fn take(&self, file: &File) -> Result<bool, BlockError> {
+        let mut held = self.held();
+        if *held {
+            return Ok(false);
+        }
+        let op = if self.exclusive() {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        // SAFETY: flock on an fd we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                BlockError::Locked {
+                    path: self.path.clone(),
+                    held: if self.exclusive() {
+                        "shared or exclusive"
+                    } else {
+                        "exclusive"
+                    },
+                }
+            } else {
+                BlockError::Open {
+                    path: self.path.clone(),
+                    source: e,
+                }
+            });
+        }
+        *held = true;
+        Ok(true)
+    }
+
+    /// Let go of the lock on `file` (after the caller flushed).
+    fn release(&self, file: &File) -> io::Result<()> {
+        let mut held = self.held();
+        if *held {
+            // SAFETY: flock on an fd we own; no memory is passed.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            *held = false;
+        }
+        Ok(())
+    }
+
+    /// Whether a write may go ahead: the disk is writable and its lock
+    /// is held (not handed to, or not yet taken from, a migration peer).
+    fn check_write(&self) -> io::Result<()> {
+        if self.options.read_only {
+            return Err(read_only_error());
+        }
+        if !*self.held() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: the image's lock is with the other side of a migration",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Open a disk image as the backend its contents call for: a qcow2 image
 /// (by its magic) through [`Qcow2File`], anything else as [`RawFile`].
 pub fn open_disk(path: &Path, options: DiskOptions) -> Result<Box<dyn BlockBackend>, BlockError> {
     // One open, one lock: the format is read from the locked file.
-    let file = open_locked(path, options)?;
+    let (file, lock) = open_locked(path, options)?;
     #[cfg(feature = "qcow2")]
     {
         let mut magic = [0u8; 4];
         let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
             && magic == *b"QFI\xfb";
         if is_qcow2 {
-            return Ok(Box::new(Qcow2File::from_locked(file, path, options)?));
+            return Ok(Box::new(Qcow2File::from_locked(file, lock)?));
         }
     }
-    Ok(Box::new(RawFile::from_locked(file, path, options)?))
+    Ok(Box::new(RawFile::from_locked(file, lock)?))
 }
 
 /// A request past the end of the disk.

@@ -1,6 +1,8 @@
 //! qcow2 images through `virtkit-storage`'s [`Qcow2Image`]: the same
 //! locking as raw files, one lock around the image's metadata (qcow2
 //! allocation is a read-modify-write of the L2 and refcount tables).
+//! Taking the host lock (a migration's handover) reads the metadata
+//! again, since the other side may have allocated clusters meanwhile.
 
 use std::io;
 use std::path::Path;
@@ -9,14 +11,17 @@ use std::sync::{Mutex, MutexGuard};
 use virtkit_storage::qcow2::{Qcow2Image, Qcow2OpenMode};
 use virtkit_storage::ImageError;
 
-use super::{open_locked, read_only_error, BlockBackend, BlockError, DiskOptions};
+use super::{open_locked, BlockBackend, BlockError, DiskOptions, ImageLock};
 
 /// A qcow2 image as a disk.
 #[derive(Debug)]
 pub struct Qcow2File {
     image: Mutex<Qcow2Image>,
+    /// The image's file again (one open file description), for its lock
+    /// and for reading the metadata afresh.
+    file: std::fs::File,
     size: u64,
-    read_only: bool,
+    lock: ImageLock,
 }
 
 impl Qcow2File {
@@ -24,28 +29,37 @@ impl Qcow2File {
     /// virtkit cannot write safely (internal snapshots, refcounts other
     /// than 16 bits, a set dirty bit) with [`BlockError::Image`].
     pub fn open(path: &Path, options: DiskOptions) -> Result<Self, BlockError> {
-        Self::from_locked(open_locked(path, options)?, path, options)
+        let (file, lock) = open_locked(path, options)?;
+        Self::from_locked(file, lock)
     }
 
-    /// Wrap `file`, opened and locked for `options` by `open_locked`.
-    pub(super) fn from_locked(
-        file: std::fs::File,
-        path: &Path,
-        options: DiskOptions,
-    ) -> Result<Self, BlockError> {
-        let mode = if options.read_only {
-            Qcow2OpenMode::ReadOnly
-        } else {
-            Qcow2OpenMode::ReadWrite
+    /// Wrap `file`, opened (and locked) by `open_locked`. An incoming
+    /// disk is read as read-only (opening for writing may write the
+    /// header) but checked as writable, so a migration fails here rather
+    /// than at the switchover.
+    pub(super) fn from_locked(file: std::fs::File, lock: ImageLock) -> Result<Self, BlockError> {
+        let image_error = |source| BlockError::Image {
+            path: lock.path.clone(),
+            source,
         };
-        let image = Qcow2Image::open(file, mode).map_err(|source| BlockError::Image {
-            path: path.to_path_buf(),
+        let handle = file.try_clone().map_err(|source| BlockError::Open {
+            path: lock.path.clone(),
             source,
         })?;
+        let image = if lock.options.incoming {
+            let image = Qcow2Image::open(file, Qcow2OpenMode::ReadOnly).map_err(image_error)?;
+            if !lock.options.read_only {
+                image.check_can_write().map_err(image_error)?;
+            }
+            image
+        } else {
+            Qcow2Image::open(file, open_mode(lock.options)).map_err(image_error)?
+        };
         Ok(Qcow2File {
             size: image.virtual_size(),
             image: Mutex::new(image),
-            read_only: options.read_only,
+            file: handle,
+            lock,
         })
     }
 
@@ -54,11 +68,16 @@ impl Qcow2File {
     }
 
     fn writable(&self) -> io::Result<MutexGuard<'_, Qcow2Image>> {
-        if self.read_only {
-            Err(read_only_error())
-        } else {
-            Ok(self.lock())
-        }
+        self.lock.check_write()?;
+        Ok(self.lock())
+    }
+}
+
+fn open_mode(options: DiskOptions) -> Qcow2OpenMode {
+    if options.read_only {
+        Qcow2OpenMode::ReadOnly
+    } else {
+        Qcow2OpenMode::ReadWrite
     }
 }
 
@@ -76,7 +95,7 @@ impl BlockBackend for Qcow2File {
     }
 
     fn read_only(&self) -> bool {
-        self.read_only
+        self.lock.options.read_only
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -89,6 +108,59 @@ impl BlockBackend for Qcow2File {
 
     fn flush(&self) -> io::Result<()> {
         self.lock().flush().map_err(to_io)
+    }
+
+    fn release_lock(&self) -> io::Result<()> {
+        let image = self.lock();
+        image.flush().map_err(to_io)?;
+        self.lock.release(&self.file)
+    }
+
+    fn take_lock(&self) -> Result<(), BlockError> {
+        let mut image = self.lock();
+        if !self.lock.take(&self.file)? {
+            return Ok(());
+        }
+        let reread = self
+            .file
+            .try_clone()
+            .map_err(|source| BlockError::Open {
+                path: self.lock.path.clone(),
+                source,
+            })
+            .and_then(|f| {
+                Qcow2Image::open(f, open_mode(self.lock.options)).map_err(|source| {
+                    BlockError::Image {
+                        path: self.lock.path.clone(),
+                        source,
+                    }
+                })
+            })
+            .and_then(|fresh| {
+                if fresh.virtual_size() == self.size {
+                    Ok(fresh)
+                } else {
+                    Err(BlockError::Image {
+                        path: self.lock.path.clone(),
+                        source: ImageError::Unsupported(format!(
+                            "the disk changed size from {} to {} bytes while its lock was away",
+                            self.size,
+                            fresh.virtual_size()
+                        )),
+                    })
+                }
+            });
+        match reread {
+            Ok(fresh) => {
+                *image = fresh;
+                Ok(())
+            }
+            Err(e) => {
+                // Leave the backend as it was: not holding the lock.
+                let _ = self.lock.release(&self.file);
+                Err(e)
+            }
+        }
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

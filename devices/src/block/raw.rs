@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use super::{open_locked, out_of_range, read_only_error, BlockBackend, BlockError, DiskOptions};
+use super::{open_locked, out_of_range, BlockBackend, BlockError, DiskOptions, ImageLock};
 
 /// A raw image in a file or block device, locked like QEMU locks images:
 /// exclusively for a writable, non-shareable disk, shared otherwise.
@@ -14,30 +14,23 @@ use super::{open_locked, out_of_range, read_only_error, BlockBackend, BlockError
 pub struct RawFile {
     file: File,
     size: u64,
-    read_only: bool,
+    lock: ImageLock,
 }
 
 impl RawFile {
     /// Open `path` as a raw disk.
     pub fn open(path: &Path, options: DiskOptions) -> Result<Self, BlockError> {
-        Self::from_locked(open_locked(path, options)?, path, options)
+        let (file, lock) = open_locked(path, options)?;
+        Self::from_locked(file, lock)
     }
 
-    /// Wrap `file`, opened and locked for `options` by `open_locked`.
-    pub(super) fn from_locked(
-        file: File,
-        path: &Path,
-        options: DiskOptions,
-    ) -> Result<Self, BlockError> {
+    /// Wrap `file`, opened (and locked) by `open_locked`.
+    pub(super) fn from_locked(file: File, lock: ImageLock) -> Result<Self, BlockError> {
         let size = device_size(&file).map_err(|source| BlockError::Open {
-            path: path.to_path_buf(),
+            path: lock.path.clone(),
             source,
         })?;
-        Ok(RawFile {
-            file,
-            size,
-            read_only: options.read_only,
-        })
+        Ok(RawFile { file, size, lock })
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -61,11 +54,7 @@ impl RawFile {
     }
 
     fn writable(&self) -> io::Result<()> {
-        if self.read_only {
-            Err(read_only_error())
-        } else {
-            Ok(())
-        }
+        self.lock.check_write()
     }
 }
 
@@ -91,7 +80,7 @@ impl BlockBackend for RawFile {
     }
 
     fn read_only(&self) -> bool {
-        self.read_only
+        self.lock.options.read_only
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -106,10 +95,20 @@ impl BlockBackend for RawFile {
     }
 
     fn flush(&self) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only() {
             return Ok(());
         }
         self.file.sync_data()
+    }
+
+    fn release_lock(&self) -> io::Result<()> {
+        self.flush()?;
+        self.lock.release(&self.file)
+    }
+
+    fn take_lock(&self) -> Result<(), BlockError> {
+        // Nothing of the image is cached: the page cache is the file's.
+        self.lock.take(&self.file).map(drop)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -203,7 +202,8 @@ mod tests {
             &path,
             DiskOptions {
                 read_only: true,
-                shareable: false
+                shareable: false,
+                incoming: false,
             }
         )
         .is_err());
@@ -211,6 +211,7 @@ mod tests {
         let shared = DiskOptions {
             read_only: false,
             shareable: true,
+            incoming: false,
         };
         let a = RawFile::open(&path, shared).unwrap();
         let b = RawFile::open(&path, shared).unwrap();
@@ -219,6 +220,7 @@ mod tests {
             DiskOptions {
                 read_only: true,
                 shareable: false,
+                incoming: false,
             },
         )
         .unwrap();

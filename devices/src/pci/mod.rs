@@ -136,6 +136,12 @@ pub trait PciDevice: Send {
     fn resume(&mut self) -> Result<(), StateError> {
         Ok(())
     }
+    /// The disk images the function serves, whose host locks a migration
+    /// hands from the source to the target (see
+    /// [`Snapshot::release_locks`](virtkit_core::runtime::Snapshot::release_locks)).
+    fn disks(&self) -> Vec<std::sync::Arc<dyn crate::block::BlockBackend>> {
+        Vec::new()
+    }
     /// Load what [`PciDevice::save_state`] wrote, after the bus restored
     /// configuration space (memory is in place too).
     fn restore_state(&mut self, _state: &[u8]) -> Result<(), StateError> {

@@ -289,6 +289,10 @@ fn execute(
 }
 
 impl VirtioDevice for VirtioBlock {
+    fn disks(&self) -> Vec<Arc<dyn BlockBackend>> {
+        vec![self.backend.clone()]
+    }
+
     fn device_type(&self) -> u16 {
         DEVICE_TYPE
     }

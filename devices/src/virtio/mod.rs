@@ -111,6 +111,10 @@ pub trait VirtioDevice: Send {
     fn resume(&mut self) -> Result<(), StateError> {
         Ok(())
     }
+    /// The disk images the device serves (see [`crate::pci::PciDevice::disks`]).
+    fn disks(&self) -> Vec<Arc<dyn crate::block::BlockBackend>> {
+        Vec::new()
+    }
     /// What the driver changed in the device configuration (virtio-scsi's
     /// CDB and sense sizes), for migration; empty when nothing can change.
     fn config_state(&self) -> Vec<u8> {

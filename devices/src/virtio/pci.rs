@@ -551,6 +551,10 @@ impl PciDevice for VirtioPciDevice {
         self.device.resume()
     }
 
+    fn disks(&self) -> Vec<Arc<dyn crate::block::BlockBackend>> {
+        self.device.disks()
+    }
+
     fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
         let positions = if self.active {
             self.device.queue_positions()?

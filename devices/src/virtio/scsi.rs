@@ -241,6 +241,10 @@ fn control(memory: &GuestMem, chain: DescriptorChain<&GuestMem>) -> u32 {
 }
 
 impl VirtioDevice for VirtioScsi {
+    fn disks(&self) -> Vec<std::sync::Arc<dyn crate::block::BlockBackend>> {
+        self.targets.iter().map(|t| t.backend().clone()).collect()
+    }
+
     fn device_type(&self) -> u16 {
         DEVICE_TYPE
     }

@@ -134,6 +134,13 @@ impl Qcow2Image {
         self.writable
     }
 
+    /// The checks a [`Qcow2OpenMode::ReadWrite`] open makes of the header,
+    /// on an image opened read-only: a migration target runs them on an
+    /// image it must not write yet but will once the source lets go.
+    pub fn check_can_write(&self) -> Result<(), ImageError> {
+        check_writable(&self.header)
+    }
+
     /// Fill `buf` with guest bytes from `offset`.
     pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         self.check_range(offset, buf.len() as u64)?;

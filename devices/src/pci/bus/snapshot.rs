@@ -3,12 +3,16 @@
 //! function there), its configuration space and the function's own blob
 //! ([`PciDevice::save_state`]), plus the config address latch and the
 //! hotplug bitmaps. BAR decoding is rebuilt from the restored
-//! configuration space.
+//! configuration space. A migration's lock handover reaches every disk
+//! the functions serve ([`PciDevice::disks`](crate::pci::PciDevice::disks)).
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use virtkit_core::runtime::{Snapshot, StateError};
 
 use super::{decoded_ranges, lock_dev, PciBus};
+use crate::block::{BlockBackend, BlockError};
 use crate::pci::config::CONFIG_SPACE_SIZE;
 use crate::state::{decode, encode};
 
@@ -52,6 +56,37 @@ impl Snapshot for PciBus {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    fn release_locks(&mut self) -> Result<(), StateError> {
+        let disks = self.disks();
+        for (i, (slot, name, disk)) in disks.iter().enumerate() {
+            if let Err(e) = disk.release_lock() {
+                // The VM keeps its disks: take back what already let go.
+                for (_, _, back) in &disks[..i] {
+                    if let Err(e) = back.take_lock() {
+                        log::error!("a disk could not take its lock back: {e}");
+                    }
+                }
+                return Err(StateError::Host(format!(
+                    "PCI slot {slot} ({name}): cannot flush and hand over its disk: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn take_locks(&mut self) -> Result<(), StateError> {
+        for (slot, name, disk) in self.disks() {
+            disk.take_lock().map_err(|e| {
+                let what = format!("PCI slot {slot} ({name}): {e}");
+                match e {
+                    BlockError::Locked { .. } => StateError::Locked(what),
+                    _ => StateError::Host(what),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     fn save_state(&mut self) -> Result<Vec<u8>, StateError> {
@@ -132,6 +167,21 @@ impl Snapshot for PciBus {
     }
 }
 
+impl PciBus {
+    /// Every disk the bus's functions serve, with the slot and function.
+    fn disks(&self) -> Vec<(usize, String, Arc<dyn BlockBackend>)> {
+        let inner = self.inner();
+        let mut out = Vec::new();
+        for (index, slot) in inner.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            for disk in lock_dev(&slot.device).disks() {
+                out.push((index, slot.name.clone(), disk));
+            }
+        }
+        out
+    }
+}
+
 fn in_slot(slot: usize, name: &str, e: StateError) -> StateError {
     match e {
         StateError::Unsupported(what) => {
@@ -139,6 +189,7 @@ fn in_slot(slot: usize, name: &str, e: StateError) -> StateError {
         }
         StateError::Running(what) => StateError::Running(format!("PCI slot {slot}: {what}")),
         StateError::Host(why) => StateError::Host(format!("PCI slot {slot} ({name}): {why}")),
+        StateError::Locked(why) => StateError::Locked(format!("PCI slot {slot} ({name}): {why}")),
         other => StateError::Corrupt(format!("PCI slot {slot} ({name}): {other}")),
     }
 }
