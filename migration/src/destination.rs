@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use hmac::Mac;
+use virtkit_core::runtime::feature_words::{self, FeatureWord};
 use virtkit_core::runtime::{DeviceState, RuntimeError, VcpuState, Vm, VmClockState, VmConfig};
 use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileMemoryError};
 use zerocopy::little_endian::U64;
@@ -36,6 +37,9 @@ pub struct TargetLayout {
     /// Ids of the source's devices with state, which the target VM must
     /// register too (empty for a version-1 stream).
     pub devices: Vec<String>,
+    /// The CPU features the guest was given on the source, which the
+    /// target VM's vCPUs must all offer (empty before version 3).
+    pub features: Vec<FeatureWord>,
 }
 
 impl TargetLayout {
@@ -272,6 +276,7 @@ fn receive_inner(
             cpuid_hash,
             ranges,
             devices,
+            features,
             raw,
         } => {
             if !(MIN_READABLE_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -283,6 +288,27 @@ fn receive_inner(
             let Some(vcpus) = u8::try_from(vcpus).ok().filter(|v| *v >= 1) else {
                 return Err(reject(rd.inner, format!("{vcpus} vCPUs is not supported")));
             };
+            let features = match features
+                .iter()
+                .map(|w| {
+                    let reg = feature_words::reg_from_number(w.reg.get())?;
+                    Some(FeatureWord {
+                        leaf: w.leaf.get(),
+                        subleaf: w.subleaf.get(),
+                        reg,
+                        value: w.value.get(),
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(f) => f,
+                None => {
+                    return Err(reject(
+                        rd.inner,
+                        "a CPU feature word names a register other than EAX..EDX".into(),
+                    ))
+                }
+            };
             (
                 TargetLayout {
                     vcpus,
@@ -291,6 +317,7 @@ fn receive_inner(
                     cpuid_signature: cpuid_hash,
                     version,
                     devices,
+                    features,
                 },
                 raw,
             )
@@ -341,7 +368,19 @@ fn receive_inner(
             ),
         ));
     }
-    if layout.cpuid_signature != 0 && layout.cpuid_signature != vm.cpuid_signature() {
+    if layout.version >= 3 {
+        let missing = feature_words::missing_features(&layout.features, vm.guest_features());
+        if !missing.is_empty() {
+            return Err(reject(
+                rd.inner,
+                format!(
+                    "the target's vCPUs lack CPU features the guest uses: {} (give the target VM the source's CPU model, or move the guest to a host that has them)",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    } else if layout.cpuid_signature != 0 && layout.cpuid_signature != vm.cpuid_signature() {
+        // Streams before version 3 carry only a hash of the host's CPUID.
         return Err(reject(
             rd.inner,
             "CPU features differ between source and target (CPUID signatures do not match)".into(),

@@ -1,4 +1,4 @@
-//! The migration wire protocol, version 2.
+//! The migration wire protocol, version 3.
 //!
 //! Every message is a frame: a 16-byte little-endian [`FrameHeader`]
 //! (`tag` 0x4B56 "VK", `kind`, reserved, payload `len`) followed by `len`
@@ -22,9 +22,13 @@
 //! Either side may send `Cancel(reason)` at any point before `Commit`.
 //!
 //! Compatibility rule: a release reads streams of its own version and of
-//! the previous one (`MIN_READABLE_VERSION..=PROTOCOL_VERSION`). Version 2
-//! added the device ids in the Hello and the DeviceState frames; a
-//! version-1 stream has neither, and its guest's devices start fresh.
+//! the previous one (`MIN_READABLE_VERSION..=PROTOCOL_VERSION`; this one
+//! reads all three). Version 2 added the device ids in the Hello and the
+//! DeviceState frames; a version-1 stream has neither, and its guest's
+//! devices start fresh. Version 3 added the guest's CPU feature words
+//! after the device ids, which the target compares with its own vCPUs
+//! (naming any feature it lacks); a version-1 or 2 stream is checked by
+//! its CPUID hash instead, which only says that the hosts differ.
 
 use std::io::{Read, Write};
 
@@ -32,7 +36,7 @@ use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The version this build writes.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build reads.
 pub const MIN_READABLE_VERSION: u32 = 1;
 /// `"VK"` in every frame header.
@@ -53,6 +57,8 @@ pub const MAX_STATE: u64 = 1 << 20;
 pub const MAX_DEVICES: u32 = 256;
 /// Longest device id.
 pub const MAX_DEVICE_ID: usize = 64;
+/// Most CPU feature words a Hello may carry.
+pub const MAX_FEATURE_WORDS: u32 = 64;
 
 /// Frame kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,9 +134,10 @@ pub struct FrameHeader {
     pub len: U64,
 }
 
-/// Hello payload, followed by `range_count` [`WireRange`]s and then
+/// Hello payload, followed by `range_count` [`WireRange`]s, then
 /// `device_count` device ids, each a length byte and that many ASCII
-/// bytes (version 1 streams have none).
+/// bytes (version 1 streams have none), then (version 3) a `u32` count
+/// and that many [`WireFeature`]s.
 #[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct Hello {
@@ -159,6 +166,20 @@ pub struct DeviceStateHeader {
     pub id_len: U32,
     /// Zero.
     pub reserved: U32,
+}
+
+/// One feature register of the guest's CPUID (version 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct WireFeature {
+    /// Leaf.
+    pub leaf: U32,
+    /// Subleaf.
+    pub subleaf: U32,
+    /// Register: EAX 0, EBX 1, ECX 2, EDX 3.
+    pub reg: U32,
+    /// The flags.
+    pub value: U32,
 }
 
 /// One guest RAM range.
@@ -220,6 +241,8 @@ pub enum Frame {
         ranges: Vec<(u64, u64)>,
         /// Ids of the devices whose state will follow.
         devices: Vec<String>,
+        /// The guest's CPU feature words (version 3; empty before).
+        features: Vec<WireFeature>,
         /// The raw payload (authenticated by Auth).
         raw: Vec<u8>,
     },
@@ -321,6 +344,7 @@ pub fn hello_payload(
     cpuid_hash: u64,
     ranges: &[(u64, u64)],
     devices: &[String],
+    features: &[WireFeature],
 ) -> Vec<u8> {
     let h = Hello {
         magic: HELLO_MAGIC,
@@ -346,6 +370,11 @@ pub fn hello_payload(
         let id = &id.as_bytes()[..id.len().min(MAX_DEVICE_ID)];
         v.push(id.len() as u8);
         v.extend_from_slice(id);
+    }
+    let features = &features[..features.len().min(MAX_FEATURE_WORDS as usize)];
+    v.extend_from_slice(&(features.len() as u32).to_le_bytes());
+    for f in features {
+        v.extend_from_slice(f.as_bytes());
     }
     v
 }
@@ -511,6 +540,30 @@ fn read_pages_head(r: &mut dyn Read, len: u64) -> Result<(u64, u32), ProtocolErr
     Ok((ph.gpa.get(), count))
 }
 
+/// A version-3 Hello's feature section: a count and that many words,
+/// nothing after.
+fn feature_words(tail: &[u8]) -> Result<Vec<WireFeature>, ProtocolError> {
+    let cut = || malformed("Hello ends inside its CPU feature words");
+    let (count, words) = tail.split_first_chunk::<4>().ok_or_else(cut)?;
+    let count = u32::from_le_bytes(*count);
+    if count > MAX_FEATURE_WORDS {
+        return Err(malformed(format!(
+            "Hello carries {count} CPU feature words, at most {MAX_FEATURE_WORDS}"
+        )));
+    }
+    let size = std::mem::size_of::<WireFeature>();
+    if words.len() != count as usize * size {
+        return Err(malformed(format!(
+            "Hello declares {count} CPU feature words but carries {} bytes of them",
+            words.len()
+        )));
+    }
+    words
+        .chunks_exact(size)
+        .map(|c| fixed::<WireFeature>(c, "feature word"))
+        .collect()
+}
+
 /// Decode the payload of any frame but Pages.
 fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
     Ok(match kind {
@@ -557,19 +610,28 @@ fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
                 devices.push(wire_device_id(id)?);
                 id_part = tail;
             }
-            if !id_part.is_empty() {
-                return Err(malformed(format!(
-                    "Hello carries {} bytes after its ranges and device ids",
-                    id_part.len()
-                )));
-            }
+            let version = hello.version.get();
+            let features = match version {
+                // A later version's tail is its own: the reader refuses
+                // the version by name rather than calling it malformed.
+                v if v > PROTOCOL_VERSION => Vec::new(),
+                v if v >= 3 => feature_words(id_part)?,
+                _ if !id_part.is_empty() => {
+                    return Err(malformed(format!(
+                        "Hello carries {} bytes after its ranges and device ids",
+                        id_part.len()
+                    )))
+                }
+                _ => Vec::new(),
+            };
             Frame::Hello {
-                version: hello.version.get(),
+                version,
                 vcpus: hello.vcpus.get(),
                 memory_bytes: hello.memory_bytes.get(),
                 cpuid_hash: hello.cpuid_hash.get(),
                 ranges,
                 devices,
+                features,
                 raw: payload,
             }
         }
@@ -746,7 +808,20 @@ mod tests {
 
     #[test]
     fn round_trip_of_every_frame() {
-        let hello = hello_payload(2, 64 << 20, 7, &[(0, 64 << 20)], &["platform".into()]);
+        let word = WireFeature {
+            leaf: U32::new(7),
+            subleaf: U32::new(0),
+            reg: U32::new(1),
+            value: U32::new(1 << 5),
+        };
+        let hello = hello_payload(
+            2,
+            64 << 20,
+            7,
+            &[(0, 64 << 20)],
+            &["platform".into()],
+            &[word],
+        );
         let mut stream = frame(Kind::Hello, &hello);
         stream.extend(frame(Kind::Challenge, &[1; 32]));
         stream.extend(frame(Kind::Accept, &[]));
@@ -761,6 +836,7 @@ mod tests {
                 cpuid_hash,
                 ranges,
                 devices,
+                features,
                 ..
             } => {
                 assert_eq!(
@@ -769,6 +845,7 @@ mod tests {
                 );
                 assert_eq!(ranges, vec![(0, 64 << 20)]);
                 assert_eq!(devices, ["platform"]);
+                assert_eq!(features, [word]);
             }
             f => panic!("{f:?}"),
         }
@@ -820,7 +897,7 @@ mod tests {
             Err(ProtocolError::Malformed(_))
         ));
         // Wrong hello magic.
-        let mut hello = hello_payload(1, 4096, 0, &[(0, 4096)], &[]);
+        let mut hello = hello_payload(1, 4096, 0, &[(0, 4096)], &[], &[]);
         hello[0] = b'X';
         assert!(matches!(
             read_frame(&mut &frame(Kind::Hello, &hello)[..]),
@@ -854,8 +931,15 @@ mod tests {
             );
         }
         assert!(read_frame(&mut &frame(Kind::DeviceState, &[1, 0])[..]).is_err());
-        // Hello device ids: cut short, too many, trailing bytes.
-        let ok = hello_payload(1, 4096, 0, &[(0, 4096)], &["a".into(), "bb".into()]);
+        // Hello device ids and feature words: cut short, too many,
+        // trailing bytes; in a version-2 Hello, anything after the ids.
+        let ok = hello_payload(1, 4096, 0, &[(0, 4096)], &["a".into(), "bb".into()], &[]);
+        let version_2 = {
+            let mut v = ok[..ok.len() - 4].to_vec();
+            v[8..12].copy_from_slice(&2u32.to_le_bytes());
+            v
+        };
+        assert!(read_frame(&mut &frame(Kind::Hello, &version_2)[..]).is_ok());
         for bad in [
             ok[..ok.len() - 1].to_vec(),
             [ok.clone(), vec![0]].concat(),
@@ -864,6 +948,20 @@ mod tests {
                 v[36..40].copy_from_slice(&(MAX_DEVICES + 1).to_le_bytes());
                 v
             },
+            {
+                let mut v = ok.clone();
+                let n = v.len();
+                v[n - 4..].copy_from_slice(&(MAX_FEATURE_WORDS + 1).to_le_bytes());
+                v
+            },
+            {
+                let mut v = ok.clone();
+                let n = v.len();
+                v[n - 4..].copy_from_slice(&1u32.to_le_bytes());
+                v.extend_from_slice(&[0; 15]);
+                v
+            },
+            [version_2.clone(), vec![0; 4]].concat(),
         ] {
             assert!(matches!(
                 read_frame(&mut &frame(Kind::Hello, &bad)[..]),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use virtkit_core::runtime::feature_words;
 use virtkit_core::runtime::{dirty_pages, RunState, RuntimeError, StateError, Vm};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use zerocopy::little_endian::{U32, U64};
@@ -456,12 +457,23 @@ fn run(
         .iter()
         .map(|r| (r.guest_addr, r.len))
         .collect();
+    let features: Vec<protocol::WireFeature> = vm
+        .guest_features()
+        .iter()
+        .map(|w| protocol::WireFeature {
+            leaf: U32::new(w.leaf),
+            subleaf: U32::new(w.subleaf),
+            reg: U32::new(feature_words::reg_number(w.reg)),
+            value: U32::new(w.value),
+        })
+        .collect();
     let hello = protocol::hello_payload(
         u32::from(vm.config().vcpus),
         vm.config().memory_bytes,
         vm.cpuid_signature(),
         &ranges,
         &vm.device_state_ids(),
+        &features,
     );
     s.frame(Kind::Hello, &[&hello])?;
     let nonce = match s.read()? {

@@ -249,7 +249,7 @@ fn wrong_version_is_refused() {
     }
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[]);
+    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[], &[]);
     hello[8..12].copy_from_slice(&99u32.to_le_bytes());
     protocol::write_frame(&mut a, Kind::Hello, &[&hello]).unwrap();
     match protocol::read_frame(&mut a).unwrap() {
@@ -271,6 +271,11 @@ fn standard_devices() -> Vec<String> {
 /// Play the source's side of the handshake by hand with `hello`, up to
 /// the target's Accept.
 fn handshake(a: &mut UnixStream, hello: &[u8]) {
+    assert_eq!(hello_and_auth(a, hello), protocol::Frame::Accept);
+}
+
+/// Send `hello` and the right Auth; the target's answer.
+fn hello_and_auth(a: &mut UnixStream, hello: &[u8]) -> protocol::Frame {
     protocol::write_frame(a, Kind::Hello, &[hello]).unwrap();
     let nonce = match protocol::read_frame(a).unwrap() {
         protocol::Frame::Challenge(n) => n,
@@ -282,7 +287,7 @@ fn handshake(a: &mut UnixStream, hello: &[u8]) {
     mac.update(&nonce);
     mac.update(hello);
     protocol::write_frame(a, Kind::Auth, &[&mac.finalize().into_bytes()]).unwrap();
-    assert_eq!(protocol::read_frame(a).unwrap(), protocol::Frame::Accept);
+    protocol::read_frame(a).unwrap()
 }
 
 #[test]
@@ -305,8 +310,9 @@ fn a_version_1_stream_is_still_read() {
         .unwrap();
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[]);
+    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[], &[]);
     hello[8..12].copy_from_slice(&1u32.to_le_bytes());
+    hello.truncate(hello.len() - 4); // no feature words before version 3
     handshake(&mut a, &hello);
     let mut ram = vec![0u8; 8 << 20];
     src.read_memory(0, &mut ram).unwrap();
@@ -345,6 +351,109 @@ fn a_version_1_stream_is_still_read() {
     protocol::write_frame(&mut a, Kind::DeviceState, &[&head, b"x"]).unwrap();
     let e = target.join().unwrap().err().unwrap();
     assert!(e.to_string().contains("DeviceState"), "{e}");
+}
+
+/// A feature this host gives guests that a CPU config can take away.
+fn a_host_feature() -> &'static str {
+    let host = virtkit_core::runtime::cpu::host_cpu_info().unwrap();
+    ["sse4.2", "popcnt", "pcid", "x2apic", "avx", "movbe", "aes"]
+        .into_iter()
+        .find(|f| host.features.contains(f))
+        .expect("the host offers none of the usual features")
+}
+
+fn without(feature: &str) -> virtkit_core::runtime::CpuConfig {
+    virtkit_core::runtime::CpuConfig {
+        features: vec![(
+            feature.to_string(),
+            virtkit_core::spec::vmi::CpuFeaturePolicy::Disable,
+        )],
+        ..virtkit_core::runtime::CpuConfig::flat(2)
+    }
+}
+
+#[test]
+fn a_target_without_a_cpu_feature_the_guest_uses_is_refused_naming_it() {
+    if !kvm_present() {
+        return;
+    }
+    let feature = a_host_feature();
+    let src = source(16);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = std::thread::spawn(move || {
+        receive(Box::new(b), SECRET, |layout| {
+            VmBuilder::new(layout.vm_config("dst"))
+                .cpu(without(feature))
+                .build()
+        })
+    });
+    let e = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(
+        matches!(&e, MigrationError::Rejected(m) if m.contains("lack CPU features") && m.contains(feature)),
+        "{e}"
+    );
+    assert!(target.join().unwrap().is_err());
+    assert_source_unharmed(&src);
+    src.stop().unwrap();
+
+    // The other way round the target offers more than the guest uses,
+    // which is no obstacle: the guest moves and counts on.
+    let src = VmBuilder::new(VmConfig {
+        name: "src".into(),
+        vcpus: 2,
+        memory_bytes: 8 << 20,
+    })
+    .cpu(without(feature))
+    .build()
+    .unwrap();
+    payload::touch_pages(16, None, 0)
+        .unwrap()
+        .load(&src)
+        .unwrap();
+    src.start().unwrap();
+    wait_counter(&src, 100);
+    let (a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap();
+    let got = target.join().unwrap().unwrap();
+    let c = counter(&got.vm);
+    wait_counter(&got.vm, c);
+    got.vm.stop().unwrap();
+}
+
+#[test]
+fn a_version_2_hello_is_checked_by_its_cpuid_hash() {
+    if !kvm_present() {
+        return;
+    }
+    let probe = VmBuilder::new(VmConfig {
+        name: "probe".into(),
+        vcpus: 1,
+        memory_bytes: 8 << 20,
+    })
+    .build()
+    .unwrap();
+    let v2_hello = |hash: u64| {
+        let mut h =
+            protocol::hello_payload(1, 8 << 20, hash, &[(0, 8 << 20)], &standard_devices(), &[]);
+        h[8..12].copy_from_slice(&2u32.to_le_bytes());
+        h.truncate(h.len() - 4);
+        h
+    };
+    // The same host's hash is accepted…
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    handshake(&mut a, &v2_hello(probe.cpuid_signature()));
+    protocol::write_frame(&mut a, Kind::Cancel, &[b"test over"]).unwrap();
+    assert!(target.join().unwrap().is_err());
+    // …another host's is refused, as version 2 targets refused it.
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let target = spawn_target(b, SECRET);
+    match hello_and_auth(&mut a, &v2_hello(probe.cpuid_signature() ^ 1)) {
+        protocol::Frame::Reject(r) => assert!(r.contains("CPUID signatures"), "{r}"),
+        f => panic!("{f:?}"),
+    }
+    assert!(target.join().unwrap().is_err());
 }
 
 #[test]
@@ -770,7 +879,7 @@ fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
     }
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices());
+    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices(), &[]);
     handshake(&mut a, &hello);
     // Pages far outside guest RAM.
     let mut hdr = Vec::new();
@@ -793,7 +902,7 @@ fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
     // More device states than the Hello named are refused as they come.
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices());
+    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices(), &[]);
     handshake(&mut a, &hello);
     let head = protocol::device_state_head("com1");
     for _ in 0..=standard_devices().len() {

@@ -48,7 +48,7 @@ impl CpuidEntry {
         }
     }
 
-    fn reg(&self, r: Reg) -> u32 {
+    pub(crate) fn reg(&self, r: Reg) -> u32 {
         match r {
             Reg::Eax => self.eax,
             Reg::Ebx => self.ebx,

@@ -17,6 +17,7 @@ pub mod boot;
 pub mod bus;
 pub mod cpu;
 pub mod devices;
+pub mod feature_words;
 pub mod irq;
 pub mod memory;
 pub mod pinning;

@@ -21,6 +21,7 @@ use super::devices::{
     ExitRequest, PowerControl, ResetControl, SerialDevice, COM1_IRQ, COM1_PORT, PM1A_CNT_PORT,
     RESET_PORT,
 };
+use super::feature_words::{self, FeatureWord};
 use super::irq::Interrupts;
 use super::memory::{self, GuestMem, HugePageSize, RamRange, PAGE_SIZE};
 use super::snapshot::{self, DeviceState, SharedSnapshot, COM1_ID, PLATFORM_ID, PM1A_ID};
@@ -314,8 +315,13 @@ impl VmBuilder {
         }
         let host: Vec<CpuidEntry> = supported.as_slice().iter().map(cpu::from_kvm).collect();
         let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+        let mut guest_features = Vec::new();
         for index in 0..u32::from(cfg.vcpus) {
             let guest = cpu.guest_cpuid(&host, index)?;
+            if index == 0 {
+                // Every vCPU has the same features; only topology differs.
+                guest_features = feature_words::feature_words(&guest);
+            }
             let fd = vm_fd
                 .create_vcpu(u64::from(cpu.topology.apic_id(index)))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
@@ -345,6 +351,7 @@ impl VmBuilder {
             dirty_logging: Mutex::new(vec![false; slots]),
             msr_list,
             cpuid_signature,
+            guest_features,
             pinning: self.pinning,
             tids: Arc::new(Mutex::new(vec![0; usize::from(cfg_vcpus)])),
         })
@@ -526,6 +533,8 @@ pub struct Vm {
     dirty_logging: Mutex<Vec<bool>>,
     msr_list: Vec<u32>,
     cpuid_signature: u64,
+    /// The feature words of the guest's CPUID.
+    guest_features: Vec<FeatureWord>,
     pinning: Option<Vec<usize>>,
     tids: Arc<Mutex<Vec<libc::pid_t>>>,
 }
@@ -541,6 +550,12 @@ impl Vm {
     /// CPU features, so a guest can move between them.
     pub fn cpuid_signature(&self) -> u64 {
         self.cpuid_signature
+    }
+
+    /// The CPU features the guest was given (vCPU 0's CPUID feature
+    /// registers): a migration target must offer each of them.
+    pub fn guest_features(&self) -> &[FeatureWord] {
+        &self.guest_features
     }
 
     /// Guest memory (writes through it are dirty-tracked).
