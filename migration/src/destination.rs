@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hmac::Mac;
 use virtkit_core::runtime::feature_words::{self, FeatureWord};
+use virtkit_core::runtime::local_disk::SharedDisk;
 use virtkit_core::runtime::{DeviceState, RuntimeError, VcpuState, Vm, VmClockState, VmConfig};
 use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileMemoryError};
 use zerocopy::little_endian::U64;
@@ -40,6 +41,11 @@ pub struct TargetLayout {
     /// The CPU features the guest was given on the source, which the
     /// target VM's vCPUs must all offer (empty before version 3).
     pub features: Vec<FeatureWord>,
+    /// Disks whose contents follow (`BlockMigration`), `(id, size)`: the
+    /// target VM registers a disk of each size under each id
+    /// (`Vm::add_migrating_disk`), typically a fresh sparse file that
+    /// the embedder deletes again if the migration fails.
+    pub disks: Vec<(String, u64)>,
 }
 
 impl TargetLayout {
@@ -62,6 +68,8 @@ pub struct ReceiveStats {
     pub pages: u64,
     /// Zero-page markers.
     pub zero_pages: u64,
+    /// Bytes of migrating disks received as data.
+    pub disk_bytes: u64,
     /// Passes seen.
     pub iterations: u32,
     /// Checksum of RAM before resume (0 if not asked for).
@@ -226,6 +234,49 @@ fn load_state(
     Ok(target)
 }
 
+/// The target VM's migrating disks in the order of the source's Hello,
+/// or why they do not match (ids and sizes must be equal).
+fn target_disks(vm: &Vm, theirs: &[(String, u64)]) -> Result<Vec<(String, SharedDisk)>, String> {
+    let ours = vm.migrating_disks();
+    let ours_sized: Vec<(String, u64)> =
+        ours.iter().map(|(id, d)| (id.clone(), d.size())).collect();
+    let mut sorted_ours = ours_sized.clone();
+    let mut sorted_theirs = theirs.to_vec();
+    sorted_ours.sort();
+    sorted_theirs.sort();
+    if sorted_ours != sorted_theirs {
+        return Err(format!(
+            "migrating disks differ: the source sends {theirs:?} (id, bytes), the target has {ours_sized:?}"
+        ));
+    }
+    Ok(theirs
+        .iter()
+        .filter_map(|(id, _)| ours.iter().find(|(o, _)| o == id).cloned())
+        .collect())
+}
+
+/// Disk `index` of the Hello, if `[offset, offset + len)` lies inside it.
+fn disk_for(
+    disks: &[(String, SharedDisk)],
+    index: u32,
+    offset: u64,
+    len: u64,
+) -> Result<(String, SharedDisk), MigrationError> {
+    let (id, d) = disks.get(index as usize).ok_or_else(|| {
+        MigrationError::Protocol(ProtocolError::Malformed(format!(
+            "disk {index} is not one of the {} the Hello named",
+            disks.len()
+        )))
+    })?;
+    if offset.checked_add(len).is_none_or(|end| end > d.size()) {
+        return Err(MigrationError::Protocol(ProtocolError::Malformed(format!(
+            "disk {id}: run {offset}+{len} is past its end ({})",
+            d.size()
+        ))));
+    }
+    Ok((id.clone(), d.clone()))
+}
+
 /// Send Confirm with the target's checksum and wait for the source's
 /// Commit.
 fn confirm_and_wait_commit(rd: &mut Counting<'_>, checksum: u64) -> Result<(), MigrationError> {
@@ -277,6 +328,7 @@ fn receive_inner(
             ranges,
             devices,
             features,
+            disks,
             raw,
         } => {
             if !(MIN_READABLE_VERSION..=PROTOCOL_VERSION).contains(&version) {
@@ -318,6 +370,7 @@ fn receive_inner(
                     version,
                     devices,
                     features,
+                    disks,
                 },
                 raw,
             )
@@ -404,6 +457,10 @@ fn receive_inner(
             layout.version
         );
     }
+    let disks = match target_disks(&vm, &layout.disks) {
+        Ok(d) => d,
+        Err(why) => return Err(reject(rd.inner, why)),
+    };
     protocol::write_frame(rd.inner, Kind::Accept, &[]).map_err(MigrationError::Connection)?;
     rd.inner.flush().map_err(MigrationError::Connection)?;
 
@@ -440,6 +497,17 @@ fn receive_inner(
                 }
                 devices.push(DeviceState { id, state })
             }
+            Incoming::Frame(Frame::DiskData { disk, offset, data }) => {
+                let (id, d) = disk_for(&disks, disk, offset, data.len() as u64)?;
+                d.write_at(&data, offset)
+                    .map_err(|source| MigrationError::Disk { id, source })?;
+                stats.disk_bytes += data.len() as u64;
+            }
+            Incoming::Frame(Frame::DiskZero { disk, offset, len }) => {
+                let (id, d) = disk_for(&disks, disk, offset, len)?;
+                d.write_zeroes(offset, len)
+                    .map_err(|source| MigrationError::Disk { id, source })?;
+            }
             Incoming::Frame(Frame::Clock(bytes)) => {
                 clock = Some(VmClockState::from_bytes(&bytes).map_err(RuntimeError::from)?)
             }
@@ -454,8 +522,18 @@ fn receive_inner(
     let t0 = Instant::now();
     // Load everything; a failure tells the source why before giving up.
     // The source let go of its disk locks before Complete: take them.
+    // Copied disks are made durable before the target confirms.
     let loaded = load_state(&vm, &layout, &devices, &vcpus, clock.as_ref(), source_sum)
-        .and_then(|sum| vm.take_locks().map(|()| sum).map_err(MigrationError::from));
+        .and_then(|sum| vm.take_locks().map(|()| sum).map_err(MigrationError::from))
+        .and_then(|sum| {
+            for (id, d) in &disks {
+                d.flush().map_err(|source| MigrationError::Disk {
+                    id: id.clone(),
+                    source,
+                })?;
+            }
+            Ok(sum)
+        });
     match loaded {
         Ok(sum) => stats.checksum = sum,
         Err(e) => {

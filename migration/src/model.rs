@@ -128,6 +128,9 @@ pub struct MigrationStats {
     pub pages_sent: u64,
     /// Pages sent as zero markers.
     pub zero_pages: u64,
+    /// Bytes of migrating disks sent as data (`BlockMigration`; runs
+    /// that read as zero go as markers).
+    pub disk_bytes_sent: u64,
     /// Precopy passes, including the final one.
     pub iterations: u32,
     /// Pages dirtied per second in the last pass.
@@ -232,6 +235,15 @@ pub enum MigrationError {
     /// The VM was not in a state that can migrate.
     #[error("{0}")]
     Precondition(String),
+    /// A migrating disk could not be read (source) or written (target).
+    #[error("disk {id}: {source}")]
+    Disk {
+        /// The disk's id.
+        id: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The migration failed after the source handed its disk locks over,
     /// and the source, running again, could not take them back within
     /// [`LOCK_RECLAIM_TIMEOUT`](crate::LOCK_RECLAIM_TIMEOUT): the target

@@ -59,6 +59,12 @@ pub const MAX_DEVICES: u32 = 256;
 pub const MAX_DEVICE_ID: usize = 64;
 /// Most CPU feature words a Hello may carry.
 pub const MAX_FEATURE_WORDS: u32 = 64;
+/// Most migrating disks a Hello may name.
+pub const MAX_DISKS: u32 = 32;
+/// Most bytes one DiskData frame carries (4 MiB).
+pub const MAX_DISK_DATA: u64 = 4 << 20;
+/// Disk offsets and lengths on the wire are multiples of this.
+pub const DISK_SECTOR: u64 = 512;
 
 /// Frame kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +100,10 @@ pub enum Kind {
     Cancel = 14,
     /// One device's saved state (version 2).
     DeviceState = 15,
+    /// Bytes of a migrating disk (version 3).
+    DiskData = 16,
+    /// A run of a migrating disk that reads as zeroes (version 3).
+    DiskZero = 17,
 }
 
 impl Kind {
@@ -115,6 +125,8 @@ impl Kind {
             13 => Commit,
             14 => Cancel,
             15 => DeviceState,
+            16 => DiskData,
+            17 => DiskZero,
             _ => return None,
         })
     }
@@ -166,6 +178,32 @@ pub struct DeviceStateHeader {
     pub id_len: U32,
     /// Zero.
     pub reserved: U32,
+}
+
+/// DiskData payload head; the bytes follow.
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DiskDataHeader {
+    /// Index of the disk in the Hello.
+    pub disk: U32,
+    /// Zero.
+    pub reserved: U32,
+    /// Byte offset in the disk.
+    pub offset: U64,
+}
+
+/// DiskZero payload.
+#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DiskZeroRun {
+    /// Index of the disk in the Hello.
+    pub disk: U32,
+    /// Zero.
+    pub reserved: U32,
+    /// Byte offset in the disk.
+    pub offset: U64,
+    /// Bytes that read as zero.
+    pub len: U64,
 }
 
 /// One feature register of the guest's CPUID (version 3).
@@ -243,6 +281,8 @@ pub enum Frame {
         devices: Vec<String>,
         /// The guest's CPU feature words (version 3; empty before).
         features: Vec<WireFeature>,
+        /// Disks whose contents follow, `(id, size)` (version 3).
+        disks: Vec<(String, u64)>,
         /// The raw payload (authenticated by Auth).
         raw: Vec<u8>,
     },
@@ -279,6 +319,24 @@ pub enum Frame {
     VcpuState(Vec<u8>),
     /// The clock blob.
     Clock(Vec<u8>),
+    /// Bytes of a migrating disk.
+    DiskData {
+        /// Index in the Hello's disks.
+        disk: u32,
+        /// Byte offset.
+        offset: u64,
+        /// The bytes (a multiple of 512).
+        data: Vec<u8>,
+    },
+    /// A run of a migrating disk that reads as zeroes.
+    DiskZero {
+        /// Index in the Hello's disks.
+        disk: u32,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
     /// One device's state.
     DeviceState {
         /// The device's id.
@@ -345,6 +403,7 @@ pub fn hello_payload(
     ranges: &[(u64, u64)],
     devices: &[String],
     features: &[WireFeature],
+    disks: &[(String, u64)],
 ) -> Vec<u8> {
     let h = Hello {
         magic: HELLO_MAGIC,
@@ -375,6 +434,15 @@ pub fn hello_payload(
     v.extend_from_slice(&(features.len() as u32).to_le_bytes());
     for f in features {
         v.extend_from_slice(f.as_bytes());
+    }
+    let disks = &disks[..disks.len().min(MAX_DISKS as usize)];
+    v.extend_from_slice(&(disks.len() as u32).to_le_bytes());
+    for (id, size) in disks {
+        // Ids are checked where disks register (at most 64 bytes).
+        let id = &id.as_bytes()[..id.len().min(MAX_DEVICE_ID)];
+        v.extend_from_slice(&size.to_le_bytes());
+        v.push(id.len() as u8);
+        v.extend_from_slice(id);
     }
     v
 }
@@ -493,8 +561,14 @@ fn read_head(r: &mut dyn Read) -> Result<(Kind, u64), ProtocolError> {
         Kind::Hello => {
             (std::mem::size_of::<Hello>()
                 + MAX_RANGES as usize * std::mem::size_of::<WireRange>()
-                + MAX_DEVICES as usize * (1 + MAX_DEVICE_ID)) as u64
+                + MAX_DEVICES as usize * (1 + MAX_DEVICE_ID)
+                + 4
+                + MAX_FEATURE_WORDS as usize * std::mem::size_of::<WireFeature>()
+                + 4
+                + MAX_DISKS as usize * (8 + 1 + MAX_DEVICE_ID)) as u64
         }
+        Kind::DiskData => std::mem::size_of::<DiskDataHeader>() as u64 + MAX_DISK_DATA,
+        Kind::DiskZero => std::mem::size_of::<DiskZeroRun>() as u64,
         Kind::Challenge | Kind::Auth => 32,
         Kind::Accept | Kind::Commit => 0,
         Kind::Reject | Kind::Cancel => MAX_TEXT,
@@ -540,9 +614,9 @@ fn read_pages_head(r: &mut dyn Read, len: u64) -> Result<(u64, u32), ProtocolErr
     Ok((ph.gpa.get(), count))
 }
 
-/// A version-3 Hello's feature section: a count and that many words,
-/// nothing after.
-fn feature_words(tail: &[u8]) -> Result<Vec<WireFeature>, ProtocolError> {
+/// A version-3 Hello's feature section: a count and that many words;
+/// the rest of the payload after them.
+fn feature_words(tail: &[u8]) -> Result<(Vec<WireFeature>, &[u8]), ProtocolError> {
     let cut = || malformed("Hello ends inside its CPU feature words");
     let (count, words) = tail.split_first_chunk::<4>().ok_or_else(cut)?;
     let count = u32::from_le_bytes(*count);
@@ -552,16 +626,49 @@ fn feature_words(tail: &[u8]) -> Result<Vec<WireFeature>, ProtocolError> {
         )));
     }
     let size = std::mem::size_of::<WireFeature>();
-    if words.len() != count as usize * size {
-        return Err(malformed(format!(
-            "Hello declares {count} CPU feature words but carries {} bytes of them",
-            words.len()
-        )));
-    }
-    words
+    let (words, rest) = words
+        .split_at_checked(count as usize * size)
+        .ok_or_else(cut)?;
+    let words = words
         .chunks_exact(size)
         .map(|c| fixed::<WireFeature>(c, "feature word"))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((words, rest))
+}
+
+/// A version-3 Hello's disk section: a count and that many `(size, id)`,
+/// nothing after.
+fn disk_list(mut tail: &[u8]) -> Result<Vec<(String, u64)>, ProtocolError> {
+    let cut = || malformed("Hello ends inside its disks");
+    let (count, rest) = tail.split_first_chunk::<4>().ok_or_else(cut)?;
+    let count = u32::from_le_bytes(*count);
+    if count > MAX_DISKS {
+        return Err(malformed(format!(
+            "Hello names {count} migrating disks, at most {MAX_DISKS}"
+        )));
+    }
+    tail = rest;
+    let mut disks = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (size, rest) = tail.split_first_chunk::<8>().ok_or_else(cut)?;
+        let (&len, rest) = rest.split_first().ok_or_else(cut)?;
+        let (id, rest) = rest.split_at_checked(usize::from(len)).ok_or_else(cut)?;
+        let size = u64::from_le_bytes(*size);
+        if size % DISK_SECTOR != 0 {
+            return Err(malformed(format!(
+                "migrating disk of {size} bytes is not a whole number of sectors"
+            )));
+        }
+        disks.push((wire_device_id(id)?, size));
+        tail = rest;
+    }
+    if !tail.is_empty() {
+        return Err(malformed(format!(
+            "Hello carries {} bytes after its disks",
+            tail.len()
+        )));
+    }
+    Ok(disks)
 }
 
 /// Decode the payload of any frame but Pages.
@@ -611,18 +718,21 @@ fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
                 id_part = tail;
             }
             let version = hello.version.get();
-            let features = match version {
+            let (features, disks) = match version {
                 // A later version's tail is its own: the reader refuses
                 // the version by name rather than calling it malformed.
-                v if v > PROTOCOL_VERSION => Vec::new(),
-                v if v >= 3 => feature_words(id_part)?,
+                v if v > PROTOCOL_VERSION => (Vec::new(), Vec::new()),
+                v if v >= 3 => {
+                    let (features, rest) = feature_words(id_part)?;
+                    (features, disk_list(rest)?)
+                }
                 _ if !id_part.is_empty() => {
                     return Err(malformed(format!(
                         "Hello carries {} bytes after its ranges and device ids",
                         id_part.len()
                     )))
                 }
-                _ => Vec::new(),
+                _ => (Vec::new(), Vec::new()),
             };
             Frame::Hello {
                 version,
@@ -632,6 +742,7 @@ fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
                 ranges,
                 devices,
                 features,
+                disks,
                 raw: payload,
             }
         }
@@ -675,6 +786,27 @@ fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
                 state: payload[n + id_len..].to_vec(),
             }
         }
+        Kind::DiskData => {
+            let n = std::mem::size_of::<DiskDataHeader>();
+            let head: DiskDataHeader = fixed(payload.get(..n).unwrap_or(&payload), "DiskData")?;
+            let data = payload[n..].to_vec();
+            let offset = head.offset.get();
+            check_disk_run(offset, data.len() as u64)?;
+            Frame::DiskData {
+                disk: head.disk.get(),
+                offset,
+                data,
+            }
+        }
+        Kind::DiskZero => {
+            let run: DiskZeroRun = fixed(&payload, "DiskZero")?;
+            check_disk_run(run.offset.get(), run.len.get())?;
+            Frame::DiskZero {
+                disk: run.disk.get(),
+                offset: run.offset.get(),
+                len: run.len.get(),
+            }
+        }
         Kind::Complete => Frame::Complete {
             checksum: fixed::<Checksum>(&payload, "Complete")?.xxh3.get(),
         },
@@ -682,6 +814,20 @@ fn decode(kind: Kind, payload: Vec<u8>) -> Result<Frame, ProtocolError> {
             checksum: fixed::<Checksum>(&payload, "Confirm")?.xxh3.get(),
         },
     })
+}
+
+/// A disk run must be whole sectors, not empty, and not wrap around; the
+/// destination checks it against the disk's size.
+fn check_disk_run(offset: u64, len: u64) -> Result<(), ProtocolError> {
+    if len == 0 || offset % DISK_SECTOR != 0 || len % DISK_SECTOR != 0 {
+        return Err(malformed(format!(
+            "disk run {offset}+{len} is not whole, non-empty sectors"
+        )));
+    }
+    offset
+        .checked_add(len)
+        .map(drop)
+        .ok_or_else(|| malformed("disk run overflows"))
 }
 
 /// Where the destination puts incoming pages. The KVM engine implements it
@@ -821,6 +967,7 @@ mod tests {
             &[(0, 64 << 20)],
             &["platform".into()],
             &[word],
+            &[("disk0".into(), 1 << 20)],
         );
         let mut stream = frame(Kind::Hello, &hello);
         stream.extend(frame(Kind::Challenge, &[1; 32]));
@@ -837,6 +984,7 @@ mod tests {
                 ranges,
                 devices,
                 features,
+                disks,
                 ..
             } => {
                 assert_eq!(
@@ -846,6 +994,7 @@ mod tests {
                 assert_eq!(ranges, vec![(0, 64 << 20)]);
                 assert_eq!(devices, ["platform"]);
                 assert_eq!(features, [word]);
+                assert_eq!(disks, [("disk0".to_string(), 1 << 20)]);
             }
             f => panic!("{f:?}"),
         }
@@ -897,11 +1046,72 @@ mod tests {
             Err(ProtocolError::Malformed(_))
         ));
         // Wrong hello magic.
-        let mut hello = hello_payload(1, 4096, 0, &[(0, 4096)], &[], &[]);
+        let mut hello = hello_payload(1, 4096, 0, &[(0, 4096)], &[], &[], &[]);
         hello[0] = b'X';
         assert!(matches!(
             read_frame(&mut &frame(Kind::Hello, &hello)[..]),
             Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn disk_frames_are_whole_sectors() {
+        let head = |disk: u32, offset: u64| {
+            DiskDataHeader {
+                disk: U32::new(disk),
+                reserved: U32::new(0),
+                offset: U64::new(offset),
+            }
+            .as_bytes()
+            .to_vec()
+        };
+        let zero = |offset: u64, len: u64| {
+            DiskZeroRun {
+                disk: U32::new(1),
+                reserved: U32::new(0),
+                offset: U64::new(offset),
+                len: U64::new(len),
+            }
+            .as_bytes()
+            .to_vec()
+        };
+        let data = [head(2, 4096), vec![7; 1024]].concat();
+        assert_eq!(
+            read_frame(&mut &frame(Kind::DiskData, &data)[..]).unwrap(),
+            Frame::DiskData {
+                disk: 2,
+                offset: 4096,
+                data: vec![7; 1024]
+            }
+        );
+        assert_eq!(
+            read_frame(&mut &frame(Kind::DiskZero, &zero(512, 1 << 30))[..]).unwrap(),
+            Frame::DiskZero {
+                disk: 1,
+                offset: 512,
+                len: 1 << 30
+            }
+        );
+        for bad in [
+            frame(Kind::DiskData, &head(0, 0)), // no bytes
+            frame(Kind::DiskData, &[head(0, 100), vec![0; 512]].concat()), // unaligned
+            frame(Kind::DiskData, &[head(0, 0), vec![0; 500]].concat()), // part sector
+            frame(Kind::DiskData, &[0; 8]),     // short head
+            frame(Kind::DiskZero, &zero(0, 0)),
+            frame(Kind::DiskZero, &zero(u64::MAX - 511, 1024)), // wraps
+            frame(Kind::DiskZero, &zero(0, 1000)),
+        ] {
+            assert!(
+                matches!(read_frame(&mut &bad[..]), Err(ProtocolError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        // More than 4 MiB of data is refused from the header alone.
+        let mut big = frame(Kind::DiskData, &head(0, 0));
+        big[8..16].copy_from_slice(&(16 + MAX_DISK_DATA + 512).to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut &big[..]),
+            Err(ProtocolError::Malformed(m)) if m.contains("exceeds")
         ));
     }
 
@@ -931,11 +1141,20 @@ mod tests {
             );
         }
         assert!(read_frame(&mut &frame(Kind::DeviceState, &[1, 0])[..]).is_err());
-        // Hello device ids and feature words: cut short, too many,
-        // trailing bytes; in a version-2 Hello, anything after the ids.
-        let ok = hello_payload(1, 4096, 0, &[(0, 4096)], &["a".into(), "bb".into()], &[]);
+        // Hello device ids, feature words and disks: cut short, too
+        // many, trailing bytes; in a version-2 Hello, anything after the
+        // ids.
+        let ok = hello_payload(
+            1,
+            4096,
+            0,
+            &[(0, 4096)],
+            &["a".into(), "bb".into()],
+            &[],
+            &[],
+        );
         let version_2 = {
-            let mut v = ok[..ok.len() - 4].to_vec();
+            let mut v = ok[..ok.len() - 8].to_vec();
             v[8..12].copy_from_slice(&2u32.to_le_bytes());
             v
         };
@@ -951,14 +1170,29 @@ mod tests {
             {
                 let mut v = ok.clone();
                 let n = v.len();
-                v[n - 4..].copy_from_slice(&(MAX_FEATURE_WORDS + 1).to_le_bytes());
+                v[n - 8..n - 4].copy_from_slice(&(MAX_FEATURE_WORDS + 1).to_le_bytes());
+                v
+            },
+            {
+                // One feature word declared, 15 of its 16 bytes there.
+                let mut v = ok[..ok.len() - 4].to_vec();
+                let n = v.len();
+                v[n - 4..].copy_from_slice(&1u32.to_le_bytes());
+                v.extend_from_slice(&[0; 15]);
                 v
             },
             {
                 let mut v = ok.clone();
                 let n = v.len();
-                v[n - 4..].copy_from_slice(&1u32.to_le_bytes());
-                v.extend_from_slice(&[0; 15]);
+                v[n - 4..].copy_from_slice(&(MAX_DISKS + 1).to_le_bytes());
+                v
+            },
+            {
+                // A disk of a size that is not whole sectors.
+                let mut v = ok[..ok.len() - 4].to_vec();
+                v.extend_from_slice(&1u32.to_le_bytes());
+                v.extend_from_slice(&1000u64.to_le_bytes());
+                v.extend_from_slice(b"\x01d");
                 v
             },
             [version_2.clone(), vec![0; 4]].concat(),

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use virtkit_core::payload::{self, COUNTER_ADDR};
 use virtkit_core::runtime::{RunState, Vm, VmBuilder, VmConfig};
-use virtkit_devices::block::{open_disk, BlockBackend, BlockError, DiskOptions};
+use virtkit_devices::block::{
+    open_disk, BlockBackend, BlockError, DiskOptions, RawFile, TrackedDisk,
+};
 use virtkit_devices::pci::{MsiSink, PciBus, PciLayout};
 use virtkit_devices::virtio::block::{BlockConfig, VirtioBlock};
 use virtkit_devices::virtio::pci::VirtioPciDevice;
@@ -249,7 +251,7 @@ fn wrong_version_is_refused() {
     }
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[], &[]);
+    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[], &[], &[]);
     hello[8..12].copy_from_slice(&99u32.to_le_bytes());
     protocol::write_frame(&mut a, Kind::Hello, &[&hello]).unwrap();
     match protocol::read_frame(&mut a).unwrap() {
@@ -310,9 +312,9 @@ fn a_version_1_stream_is_still_read() {
         .unwrap();
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[], &[]);
+    let mut hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &[], &[], &[]);
     hello[8..12].copy_from_slice(&1u32.to_le_bytes());
-    hello.truncate(hello.len() - 4); // no feature words before version 3
+    hello.truncate(hello.len() - 8); // no feature words or disks before version 3
     handshake(&mut a, &hello);
     let mut ram = vec![0u8; 8 << 20];
     src.read_memory(0, &mut ram).unwrap();
@@ -434,10 +436,17 @@ fn a_version_2_hello_is_checked_by_its_cpuid_hash() {
     .build()
     .unwrap();
     let v2_hello = |hash: u64| {
-        let mut h =
-            protocol::hello_payload(1, 8 << 20, hash, &[(0, 8 << 20)], &standard_devices(), &[]);
+        let mut h = protocol::hello_payload(
+            1,
+            8 << 20,
+            hash,
+            &[(0, 8 << 20)],
+            &standard_devices(),
+            &[],
+            &[],
+        );
         h[8..12].copy_from_slice(&2u32.to_le_bytes());
-        h.truncate(h.len() - 4);
+        h.truncate(h.len() - 8);
         h
     };
     // The same host's hash is accepted…
@@ -579,11 +588,11 @@ fn a_device_state_the_target_refuses_cancels_and_the_source_runs_on() {
     }
 }
 
-/// A device that writes guest memory from a thread of its own, as a
-/// NIC's receive side does: it stamps a rising count into one guest
-/// word, and stops while the VM is paused. Its state is the count.
+/// A device that works on a thread of its own, as a NIC's receive side
+/// or a disk's I/O thread does: it does `work(n)` for a rising count `n`,
+/// and stops while the VM is paused. Its state is the count.
 struct Stamper {
-    memory: virtkit_core::runtime::memory::GuestMem,
+    work: Arc<dyn Fn(u64) + Send + Sync>,
     count: Arc<std::sync::atomic::AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -592,9 +601,20 @@ struct Stamper {
 const STAMP_ADDR: u64 = 0x70_0000;
 
 impl Stamper {
+    /// Stamps the count into one guest word.
     fn new(vm: &Vm) -> Self {
+        let memory = vm.memory().clone();
+        Self::doing(move |n| {
+            use vm_memory::Bytes;
+            memory
+                .write_obj(n, vm_memory::GuestAddress(STAMP_ADDR))
+                .unwrap();
+        })
+    }
+
+    fn doing(work: impl Fn(u64) + Send + Sync + 'static) -> Self {
         Stamper {
-            memory: vm.memory().clone(),
+            work: Arc::new(work),
             count: Arc::default(),
             stop: Arc::default(),
             thread: None,
@@ -605,15 +625,11 @@ impl Stamper {
         if self.thread.is_some() {
             return;
         }
-        let (memory, count, stop) = (self.memory.clone(), self.count.clone(), self.stop.clone());
+        let (work, count, stop) = (self.work.clone(), self.count.clone(), self.stop.clone());
         stop.store(false, Ordering::SeqCst);
         self.thread = Some(std::thread::spawn(move || {
-            use vm_memory::Bytes;
             while !stop.load(Ordering::SeqCst) {
-                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                memory
-                    .write_obj(n, vm_memory::GuestAddress(STAMP_ADDR))
-                    .unwrap();
+                work(count.fetch_add(1, Ordering::SeqCst) + 1);
                 std::thread::yield_now();
             }
         }));
@@ -806,12 +822,14 @@ fn a_disk_on_shared_storage_changes_hands_at_the_switchover() {
     assert!(!is_locked(&image), "the target VM let go when dropped");
 }
 
-/// A device whose host lock a target cannot take (in use elsewhere).
-struct LockTaker {
+/// A device with no state; its host lock cannot be taken (it is in use
+/// elsewhere) when `refuse` is set.
+#[derive(Default)]
+struct NoState {
     refuse: bool,
 }
 
-impl virtkit_core::runtime::Snapshot for LockTaker {
+impl virtkit_core::runtime::Snapshot for NoState {
     fn save_state(&mut self) -> Result<Vec<u8>, virtkit_core::runtime::StateError> {
         Ok(Vec::new())
     }
@@ -837,7 +855,7 @@ fn a_target_that_cannot_take_every_lock_cancels_and_the_source_takes_its_disk_ba
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("shared.raw");
     let (src, src_disk) = source_with_disk(&image);
-    let taker = LockTaker { refuse: false };
+    let taker = NoState { refuse: false };
     src.add_device_state("lock-taker", Arc::new(std::sync::Mutex::new(taker)))
         .unwrap();
     let (a, b) = UnixStream::pair().unwrap();
@@ -849,7 +867,7 @@ fn a_target_that_cannot_take_every_lock_cancels_and_the_source_takes_its_disk_ba
             // fails: the target must let go of the disk again.
             let (bus, _) = disk_bus(&vm, &target_image, INCOMING);
             vm.add_device_state("pci", bus)?;
-            let taker = LockTaker { refuse: true };
+            let taker = NoState { refuse: true };
             vm.add_device_state("lock-taker", Arc::new(std::sync::Mutex::new(taker)))?;
             Ok(vm)
         })
@@ -872,6 +890,139 @@ fn a_target_that_cannot_take_every_lock_cancels_and_the_source_takes_its_disk_ba
     src.stop().unwrap();
 }
 
+/// A local disk of `size` bytes at `path` (a sparse file), tracked.
+fn local_disk(path: &std::path::Path, size: u64) -> Arc<TrackedDisk> {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let raw: Arc<dyn BlockBackend> = Arc::new(RawFile::open(path, DiskOptions::default()).unwrap());
+    Arc::new(TrackedDisk::new(raw))
+}
+
+const LOCAL_DISK: u64 = 8 << 20;
+
+#[test]
+fn a_local_disk_the_guest_writes_while_it_moves_arrives_byte_identical() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src_path, dst_path) = (dir.path().join("src.img"), dir.path().join("dst.img"));
+    let src = source(16);
+    let disk = local_disk(&src_path, LOCAL_DISK);
+    // Some data before the migration; the rest of the disk is a hole.
+    for at in [0u64, 3 << 20, LOCAL_DISK - 4096] {
+        BlockBackend::write_at(&*disk, &[0xc3; 4096], at).unwrap();
+    }
+    src.add_migrating_disk("disk0", disk.clone()).unwrap();
+    // An I/O thread writes 4 KiB blocks of its count all over the disk
+    // until the VM pauses, as a guest's disk traffic would.
+    let writer = {
+        let disk = disk.clone();
+        Stamper::doing(move |n| {
+            let block = (n * 7919) % (LOCAL_DISK / 4096);
+            let bytes: Vec<u8> = n.to_le_bytes().repeat(512);
+            BlockBackend::write_at(&*disk, &bytes, block * 4096).unwrap();
+        })
+    };
+    let writer = Arc::new(std::sync::Mutex::new(writer));
+    writer.lock().unwrap().start();
+    src.add_device_state("disk-writer", writer.clone()).unwrap();
+    let count = writer.lock().unwrap().count.clone();
+    while count.load(Ordering::SeqCst) < 200 {
+        std::thread::yield_now();
+    }
+    let before = count.load(Ordering::SeqCst);
+
+    let (a, b) = UnixStream::pair().unwrap();
+    let target_path = dst_path.clone();
+    let target = std::thread::spawn(move || {
+        receive(Box::new(b), SECRET, |layout| {
+            assert_eq!(layout.disks, [("disk0".to_string(), LOCAL_DISK)]);
+            let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+            vm.add_migrating_disk("disk0", local_disk(&target_path, LOCAL_DISK))?;
+            vm.add_device_state(
+                "disk-writer",
+                Arc::new(std::sync::Mutex::new(NoState::default())),
+            )?;
+            Ok(vm)
+        })
+    });
+    // Each pass also writes a block right after the engine took the
+    // disk's dirty set (progress is reported then): the last such write
+    // travels only in the final pass, made while the VM is paused.
+    let progress_disk = disk.clone();
+    let progress = move |p: &virtkit_migration::source::Progress| {
+        if p.phase == MigrationPhase::Running && p.iteration > 0 {
+            let bytes = [p.iteration as u8; 4096];
+            BlockBackend::write_at(&*progress_disk, &bytes, 5 << 20).unwrap();
+        }
+    };
+    let stats = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &progress).unwrap();
+    let got = target.join().unwrap().unwrap();
+    let at_pause = count.load(Ordering::SeqCst);
+    assert!(
+        at_pause > before,
+        "the disk was written during the migration"
+    );
+    assert!(stats.disk_bytes_sent >= 3 * 4096);
+    assert_eq!(got.stats.disk_bytes, stats.disk_bytes_sent);
+    // Compare what the files hold: the target's disk equals the source's
+    // as it was when the guest paused, and no write was lost.
+    let (ours, theirs) = (
+        std::fs::read(&src_path).unwrap(),
+        std::fs::read(&dst_path).unwrap(),
+    );
+    assert_eq!(ours.len(), theirs.len());
+    let differ = ours
+        .chunks(4096)
+        .zip(theirs.chunks(4096))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differ, 0, "4 KiB blocks that differ");
+    let last = at_pause;
+    let block = ((last * 7919) % (LOCAL_DISK / 4096)) as usize * 4096;
+    assert_eq!(
+        theirs[block..block + 8],
+        last.to_le_bytes(),
+        "the last write arrived"
+    );
+    got.vm.stop().unwrap();
+}
+
+#[test]
+fn a_target_with_other_local_disks_is_refused_before_any_page() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(16);
+    let disk = local_disk(&dir.path().join("s.img"), LOCAL_DISK);
+    src.add_migrating_disk("disk0", disk.clone()).unwrap();
+    assert!(
+        src.add_migrating_disk("disk0", disk).is_err(),
+        "an id is registered once"
+    );
+    for (id, size) in [("disk0", LOCAL_DISK / 2), ("disk1", LOCAL_DISK)] {
+        let (a, b) = UnixStream::pair().unwrap();
+        let path = dir.path().join("t.img");
+        let target = std::thread::spawn(move || {
+            receive(Box::new(b), SECRET, |layout| {
+                let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+                vm.add_migrating_disk(id, local_disk(&path, size))?;
+                Ok(vm)
+            })
+        });
+        let e = migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+        assert!(
+            matches!(&e, MigrationError::Rejected(m) if m.contains("migrating disks differ") && m.contains(id)),
+            "{e}"
+        );
+        assert!(target.join().unwrap().is_err());
+        assert_source_unharmed(&src);
+    }
+    src.stop().unwrap();
+}
+
 #[test]
 fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
     if !kvm_present() {
@@ -879,7 +1030,15 @@ fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
     }
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices(), &[]);
+    let hello = protocol::hello_payload(
+        1,
+        8 << 20,
+        0,
+        &[(0, 8 << 20)],
+        &standard_devices(),
+        &[],
+        &[],
+    );
     handshake(&mut a, &hello);
     // Pages far outside guest RAM.
     let mut hdr = Vec::new();
@@ -902,7 +1061,15 @@ fn corrupt_stream_after_handshake_is_an_error_not_a_crash() {
     // More device states than the Hello named are refused as they come.
     let (mut a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
-    let hello = protocol::hello_payload(1, 8 << 20, 0, &[(0, 8 << 20)], &standard_devices(), &[]);
+    let hello = protocol::hello_payload(
+        1,
+        8 << 20,
+        0,
+        &[(0, 8 << 20)],
+        &standard_devices(),
+        &[],
+        &[],
+    );
     handshake(&mut a, &hello);
     let head = protocol::device_state_head("com1");
     for _ in 0..=standard_devices().len() {

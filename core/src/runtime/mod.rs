@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod devices;
 pub mod feature_words;
 pub mod irq;
+pub mod local_disk;
 pub mod memory;
 pub mod pinning;
 pub mod snapshot;

@@ -23,6 +23,7 @@ use super::devices::{
 };
 use super::feature_words::{self, FeatureWord};
 use super::irq::Interrupts;
+use super::local_disk::SharedDisk;
 use super::memory::{self, GuestMem, HugePageSize, RamRange, PAGE_SIZE};
 use super::snapshot::{self, DeviceState, SharedSnapshot, COM1_ID, PLATFORM_ID, PM1A_ID};
 use super::state::{PlatformState, VcpuState, VmClockState, MAX_MSRS, SAVED_MSRS};
@@ -348,6 +349,7 @@ impl VmBuilder {
             state: Mutex::new(RunState::Created),
             serial,
             device_states: Mutex::new(device_states),
+            migrating_disks: Mutex::new(Vec::new()),
             dirty_logging: Mutex::new(vec![false; slots]),
             msr_list,
             cpuid_signature,
@@ -530,6 +532,8 @@ pub struct Vm {
     /// Devices whose state migrates, by id (the in-kernel platform
     /// devices, [`PLATFORM_ID`], are saved through the VM fd instead).
     device_states: Mutex<Vec<(String, SharedSnapshot)>>,
+    /// Disks whose contents migrate (`BlockMigration`), by id.
+    migrating_disks: Mutex<Vec<(String, SharedDisk)>>,
     dirty_logging: Mutex<Vec<bool>>,
     msr_list: Vec<u32>,
     cpuid_signature: u64,
@@ -1071,6 +1075,26 @@ impl Vm {
         }
         devices.push((id.to_string(), device));
         Ok(())
+    }
+
+    /// Register a disk only this host holds, whose contents a migration
+    /// copies (`BlockMigration`; see [`local_disk`](super::local_disk)).
+    /// A target VM registers a disk of the same size under the same id.
+    pub fn add_migrating_disk(&self, id: &str, disk: SharedDisk) -> Result<(), RuntimeError> {
+        snapshot::check_device_id(id).map_err(RuntimeError::InvalidConfig)?;
+        let mut disks = lock(&self.migrating_disks);
+        if disks.iter().any(|(d, _)| d == id) {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "a migrating disk is registered as {id:?} already"
+            )));
+        }
+        disks.push((id.to_string(), disk));
+        Ok(())
+    }
+
+    /// The disks whose contents migrate, in registration order.
+    pub fn migrating_disks(&self) -> Vec<(String, SharedDisk)> {
+        lock(&self.migrating_disks).clone()
     }
 
     /// Stop migrating the state of the device registered as `id`;

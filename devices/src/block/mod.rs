@@ -2,15 +2,18 @@
 //! and block devices ([`RawFile`]) and qcow2 images ([`Qcow2File`], through
 //! `virtkit-storage`) are built in, both locked the way QEMU locks images;
 //! [`open_disk`] picks one by the image's contents. Users plug their own (a
-//! network store) through [`BlockBackend`].
+//! network store) through [`BlockBackend`]. [`TrackedDisk`] wraps any of
+//! them to record written chunks, for a migration that copies the disk.
 
 #[cfg(feature = "qcow2")]
 mod qcow2;
 mod raw;
+mod tracked;
 
 #[cfg(feature = "qcow2")]
 pub use qcow2::Qcow2File;
 pub use raw::RawFile;
+pub use tracked::TrackedDisk;
 
 use std::fs::{File, OpenOptions};
 use std::io;
