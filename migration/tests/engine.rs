@@ -1178,6 +1178,49 @@ fn connection_dropped_in_each_phase_leaves_the_source_running() {
 }
 
 #[test]
+fn a_connection_lost_while_disks_move_leaves_the_source_its_disks() {
+    if !kvm_present() {
+        return;
+    }
+    // A shared disk (its lock is handed over) and a local one (copied);
+    // the link breaks while the local disk is copied, and after the
+    // target took the shared disk's lock, just before the commit.
+    for at in [Kind::DiskData, Kind::Commit] {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared.raw");
+        let (src, shared_disk) = source_with_disk(&shared);
+        let local = local_disk(&dir.path().join("local.img"), LOCAL_DISK);
+        BlockBackend::write_at(&*local, &[1; 4096], 0).unwrap();
+        src.add_migrating_disk("disk0", local.clone()).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let (target_shared, target_local) = (shared.clone(), dir.path().join("target.img"));
+        let target = std::thread::spawn(move || {
+            receive(Box::new(b), SECRET, |layout| {
+                let vm = VmBuilder::new(layout.vm_config("dst")).build()?;
+                let (bus, _) = disk_bus(&vm, &target_shared, INCOMING);
+                vm.add_device_state("pci", bus)?;
+                vm.add_migrating_disk("disk0", local_disk(&target_local, LOCAL_DISK))?;
+                Ok(vm)
+            })
+        });
+        let s = Breaking {
+            inner: a,
+            at,
+            broken: Arc::new(AtomicBool::new(false)),
+        };
+        let e = migrate(&src, Box::new(s), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+        assert!(matches!(e, MigrationError::Connection(_)), "{at:?}: {e}");
+        assert!(target.join().unwrap().is_err(), "{at:?}: target must discard");
+        assert_source_unharmed(&src);
+        // The source writes both disks again, and holds the shared one.
+        shared_disk.write_at(b"still mine", 0).unwrap();
+        BlockBackend::write_at(&*local, &[2; 4096], 0).unwrap();
+        assert!(is_locked(&shared), "{at:?}");
+        src.stop().unwrap();
+    }
+}
+
+#[test]
 fn low_bandwidth_for_the_dirty_rate_hits_the_progress_timeout() {
     if !kvm_present() {
         return;
