@@ -1145,6 +1145,29 @@ impl MigrationStream for Breaking {
     }
 }
 
+/// Migrate `src` over `a`, the link breaking when a frame of kind `at`
+/// is written: the source sees the connection fail and runs on, and the
+/// target at the other end discards.
+fn migrate_breaking_at(
+    src: &Vm,
+    a: UnixStream,
+    at: Kind,
+    target: JoinHandle<Result<Received, MigrationError>>,
+) {
+    let s = Breaking {
+        inner: a,
+        at,
+        broken: Arc::new(AtomicBool::new(false)),
+    };
+    let e = migrate(src, Box::new(s), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
+    assert!(matches!(e, MigrationError::Connection(_)), "{at:?}: {e}");
+    assert!(
+        target.join().unwrap().is_err(),
+        "{at:?}: target must discard"
+    );
+    assert_source_unharmed(src);
+}
+
 #[test]
 fn connection_dropped_in_each_phase_leaves_the_source_running() {
     if !kvm_present() {
@@ -1161,18 +1184,7 @@ fn connection_dropped_in_each_phase_leaves_the_source_running() {
         let src = source(64);
         let (a, b) = UnixStream::pair().unwrap();
         let target = spawn_target(b, SECRET);
-        let s = Breaking {
-            inner: a,
-            at,
-            broken: Arc::new(AtomicBool::new(false)),
-        };
-        let e = migrate(&src, Box::new(s), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
-        assert!(matches!(e, MigrationError::Connection(_)), "{at:?}: {e}");
-        assert!(
-            target.join().unwrap().is_err(),
-            "{at:?}: target must discard"
-        );
-        assert_source_unharmed(&src);
+        migrate_breaking_at(&src, a, at, target);
         src.stop().unwrap();
     }
 }
@@ -1203,15 +1215,7 @@ fn a_connection_lost_while_disks_move_leaves_the_source_its_disks() {
                 Ok(vm)
             })
         });
-        let s = Breaking {
-            inner: a,
-            at,
-            broken: Arc::new(AtomicBool::new(false)),
-        };
-        let e = migrate(&src, Box::new(s), &opts(), &CancelHandle::new(), &|_| {}).unwrap_err();
-        assert!(matches!(e, MigrationError::Connection(_)), "{at:?}: {e}");
-        assert!(target.join().unwrap().is_err(), "{at:?}: target must discard");
-        assert_source_unharmed(&src);
+        migrate_breaking_at(&src, a, at, target);
         // The source writes both disks again, and holds the shared one.
         shared_disk.write_at(b"still mine", 0).unwrap();
         BlockBackend::write_at(&*local, &[2; 4096], 0).unwrap();
