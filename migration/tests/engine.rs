@@ -59,13 +59,21 @@ fn wait_counter(vm: &Vm, above: u64) -> u64 {
 
 /// A running source VM whose guest rewrites `pages` pages in a loop.
 fn source(pages: u32) -> Vm {
-    let vm = VmBuilder::new(VmConfig {
+    source_from(source_builder(), pages)
+}
+
+/// How [`source`] builds its VM: 2 vCPUs, 8 MiB.
+fn source_builder() -> VmBuilder {
+    VmBuilder::new(VmConfig {
         name: "src".into(),
         vcpus: 2,
         memory_bytes: 8 << 20,
     })
-    .build()
-    .unwrap();
+}
+
+/// [`source`] from `builder`.
+fn source_from(builder: VmBuilder, pages: u32) -> Vm {
+    let vm = builder.build().unwrap();
     payload::touch_pages(pages, None, 0)
         .unwrap()
         .load(&vm)
@@ -400,20 +408,7 @@ fn a_target_without_a_cpu_feature_the_guest_uses_is_refused_naming_it() {
 
     // The other way round the target offers more than the guest uses,
     // which is no obstacle: the guest moves and counts on.
-    let src = VmBuilder::new(VmConfig {
-        name: "src".into(),
-        vcpus: 2,
-        memory_bytes: 8 << 20,
-    })
-    .cpu(without(feature))
-    .build()
-    .unwrap();
-    payload::touch_pages(16, None, 0)
-        .unwrap()
-        .load(&src)
-        .unwrap();
-    src.start().unwrap();
-    wait_counter(&src, 100);
+    let src = source_from(source_builder().cpu(without(feature)), 16);
     let (a, b) = UnixStream::pair().unwrap();
     let target = spawn_target(b, SECRET);
     migrate(&src, Box::new(a), &opts(), &CancelHandle::new(), &|_| {}).unwrap();

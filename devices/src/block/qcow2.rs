@@ -63,13 +63,13 @@ impl Qcow2File {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Qcow2Image> {
+    fn image(&self) -> MutexGuard<'_, Qcow2Image> {
         self.image.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn writable(&self) -> io::Result<MutexGuard<'_, Qcow2Image>> {
         self.lock.check_write()?;
-        Ok(self.lock())
+        Ok(self.image())
     }
 }
 
@@ -99,7 +99,7 @@ impl BlockBackend for Qcow2File {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.lock().read_at(buf, offset).map_err(to_io)
+        self.image().read_at(buf, offset).map_err(to_io)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -107,17 +107,17 @@ impl BlockBackend for Qcow2File {
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.lock().flush().map_err(to_io)
+        self.image().flush().map_err(to_io)
     }
 
     fn release_lock(&self) -> io::Result<()> {
-        let image = self.lock();
+        let image = self.image();
         image.flush().map_err(to_io)?;
         self.lock.release(&self.file)
     }
 
     fn take_lock(&self) -> Result<(), BlockError> {
-        let mut image = self.lock();
+        let mut image = self.image();
         if !self.lock.take(&self.file)? {
             return Ok(());
         }
