@@ -154,3 +154,101 @@ fn wrong_secret_between_processes_is_refused() {
     assert_eq!(rx.wait().unwrap().code(), Some(1));
     assert_eq!(results(&rest)[0]["event"], "failed");
 }
+
+/// A raw image of `chunks` 64 KiB chunks, every third one filled with
+/// its own index + 1, the rest a hole.
+fn patterned_disk(path: &std::path::Path, chunks: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(chunks << 16).unwrap();
+    for c in (0..chunks).step_by(3) {
+        f.write_all_at(&(c + 1).to_le_bytes().repeat(8192), c << 16)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_local_disk_moves_with_the_guest_between_processes() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (image, arrived) = (dir.path().join("disk.img"), dir.path().join("arrived"));
+    std::fs::create_dir(&arrived).unwrap();
+    patterned_disk(&image, 128); // 8 MiB
+    let (mut rx, mut rx_out, addr) =
+        receiver(&["--run-for", "0.2", "--disk-dir", arrived.to_str().unwrap()]);
+    let tx = Command::new(bin())
+        .args(["send", "--to", &addr, "--after", "0.2"])
+        .arg("--disk")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        tx.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tx.stderr)
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut rx_out, &mut rest).unwrap();
+    assert!(rx.wait().unwrap().success());
+    let got = results(&rest);
+    assert_eq!(got[0]["event"], "resumed");
+    let copy = arrived.join("disk0.img");
+    assert_eq!(got[0]["disks"][0], copy.to_str().unwrap());
+    assert!(
+        std::fs::read(&image).unwrap() == std::fs::read(&copy).unwrap(),
+        "the disk arrives byte-identical"
+    );
+    let sent = results(&String::from_utf8_lossy(&tx.stdout));
+    let disk_bytes = sent[0]["record"]["stats"]["disk_bytes_sent"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(disk_bytes, 43 << 16, "the holes went as markers");
+}
+
+#[test]
+fn a_source_killed_mid_copy_leaves_no_disk_on_the_destination() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (image, arrived) = (dir.path().join("disk.img"), dir.path().join("arrived"));
+    std::fs::create_dir(&arrived).unwrap();
+    patterned_disk(&image, 1024); // 64 MiB, a third of it data
+    let (mut rx, mut rx_out, addr) =
+        receiver(&["--run-for", "0", "--disk-dir", arrived.to_str().unwrap()]);
+    let mut tx = Command::new(bin())
+        .args([
+            "send",
+            "--to",
+            &addr,
+            "--after",
+            "0.1",
+            "--bandwidth",
+            "4000000",
+        ])
+        .arg("--disk")
+        .arg(&image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the copy has begun on the destination, then kill the
+    // source in the middle of it.
+    let copy = arrived.join("disk0.img");
+    let t = std::time::Instant::now();
+    while !copy.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no disk arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    tx.kill().unwrap();
+    tx.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut rx_out, &mut rest).unwrap();
+    assert_eq!(rx.wait().unwrap().code(), Some(1));
+    assert_eq!(results(&rest)[0]["event"], "failed");
+    assert!(!copy.exists(), "the half-copied disk was removed");
+    assert_eq!(std::fs::read_dir(&arrived).unwrap().count(), 0);
+}

@@ -9,19 +9,25 @@
 //! resumes the guest and shows that it keeps counting. Machine-readable
 //! results are printed as `RESULT {json}` lines on stdout.
 //!
+//! `send --disk IMAGE` adds a local raw disk that moves with the guest
+//! (KubeVirt's `BlockMigration`); the destination creates its copy as
+//! `<--disk-dir>/<id>.img` and deletes it again if the migration fails.
+//!
 //! Exit codes: 0 success; 1 the migration failed (the source VM kept
 //! running: the RESULT line shows its counter before and after); 2 bad
 //! arguments or spec.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde_json::json;
 use virtkit_core::document::Mode;
 use virtkit_core::payload::{self, COUNTER_ADDR};
-use virtkit_core::runtime::{Vm, VmBuilder, VmConfig};
+use virtkit_core::runtime::{RuntimeError, Vm, VmBuilder, VmConfig};
+use virtkit_devices::block::{DiskOptions, RawFile, TrackedDisk};
 use virtkit_examples::load_vm;
 use virtkit_migration::destination::receive;
 use virtkit_migration::source::{migrate, CancelHandle};
@@ -54,6 +60,9 @@ struct ReceiveArgs {
     /// Keep running the arrived guest for this many seconds.
     #[arg(long, default_value_t = 2.0)]
     run_for: f64,
+    /// Where to create the disks a BlockMigration brings (`<id>.img`).
+    #[arg(long)]
+    disk_dir: Option<PathBuf>,
 }
 
 #[derive(ClapArgs)]
@@ -84,6 +93,47 @@ struct SendArgs {
     /// Compare a checksum of all guest RAM on both sides.
     #[arg(long)]
     verify: bool,
+    /// A local raw disk image that moves with the guest, as `disk0`.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+}
+
+/// Open `path` as a raw disk whose written chunks are tracked.
+fn tracked_disk(path: &std::path::Path) -> Result<Arc<TrackedDisk>, String> {
+    let raw = RawFile::open(path, DiskOptions::default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Arc::new(TrackedDisk::new(Arc::new(raw))))
+}
+
+/// The target's copies of the source's local disks: fresh sparse files
+/// in `dir`, registered on `vm`; their paths are pushed to `created` as
+/// they are made, so a failed migration can remove them.
+fn target_disks(
+    vm: &Vm,
+    layout: &virtkit_migration::destination::TargetLayout,
+    dir: Option<&std::path::Path>,
+    created: &mut Vec<PathBuf>,
+) -> Result<(), RuntimeError> {
+    if layout.disks.is_empty() {
+        return Ok(());
+    }
+    let dir = dir.ok_or_else(|| {
+        RuntimeError::InvalidConfig("the source brings local disks: give --disk-dir".into())
+    })?;
+    for (id, size) in &layout.disks {
+        let path = dir.join(format!("{id}.img"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| RuntimeError::InvalidConfig(format!("{}: {e}", path.display())))?;
+        created.push(path.clone());
+        file.set_len(*size)
+            .map_err(|e| RuntimeError::InvalidConfig(format!("{}: {e}", path.display())))?;
+        let disk = tracked_disk(&path).map_err(RuntimeError::InvalidConfig)?;
+        vm.add_migrating_disk(id, disk)?;
+    }
+    Ok(())
 }
 
 fn counter(vm: &Vm) -> u64 {
@@ -134,16 +184,23 @@ fn run_receive(a: ReceiveArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut disks = Vec::new();
     let got = receive(stream, a.secret.as_bytes(), |layout| {
         eprintln!(
-            "incoming: {} vCPUs, {} bytes of RAM; building the target VM",
-            layout.vcpus, layout.memory_bytes
+            "incoming: {} vCPUs, {} bytes of RAM, disks {:?}; building the target VM",
+            layout.vcpus, layout.memory_bytes, layout.disks
         );
-        VmBuilder::new(layout.vm_config("migrated")).build()
+        let vm = VmBuilder::new(layout.vm_config("migrated")).build()?;
+        target_disks(&vm, layout, a.disk_dir.as_deref(), &mut disks)?;
+        Ok(vm)
     });
     let got = match got {
         Ok(g) => g,
         Err(e) => {
+            // Nothing half-copied stays behind.
+            for path in &disks {
+                let _ = std::fs::remove_file(path);
+            }
             eprintln!("incoming migration failed, nothing kept: {e}");
             result(json!({"event": "failed", "error": e.to_string()}));
             return ExitCode::from(1);
@@ -155,6 +212,7 @@ fn run_receive(a: ReceiveArgs) -> ExitCode {
         "counter": first,
         "checksum": got.stats.checksum,
         "stats": got.stats,
+        "disks": disks,
     }));
     std::thread::sleep(Duration::from_secs_f64(a.run_for.max(0.0)));
     let last = counter(&got.vm);
@@ -181,9 +239,19 @@ fn run_send(a: SendArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let disk = match a.disk.as_deref().map(tracked_disk).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("--disk: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let vm = VmConfig::from_spec(&name, &spec)
         .and_then(|c| VmBuilder::new(c).build())
         .and_then(|vm| {
+            if let Some(d) = disk {
+                vm.add_migrating_disk("disk0", d)?;
+            }
             payload::touch_pages(256, None, 0)
                 .map_err(|e| virtkit_core::runtime::RuntimeError::InvalidConfig(e.to_string()))?
                 .load(&vm)?;
@@ -222,10 +290,11 @@ fn run_send(a: SendArgs) -> ExitCode {
     let started = std::time::SystemTime::now();
     let outcome = migrate(&vm, stream, &opts, &CancelHandle::new(), &|p| {
         eprintln!(
-            "{:?}: pass {} remaining {} pages, {} KiB sent",
+            "{:?}: pass {} remaining {} pages and {} KiB of disk, {} KiB sent",
             p.phase,
             p.iteration,
             p.remaining_pages,
+            p.remaining_disk_bytes / 1024,
             p.bytes_sent / 1024
         );
     });
