@@ -167,15 +167,22 @@ fn patterned_disk(path: &std::path::Path, chunks: u64) {
     }
 }
 
+/// A temporary directory holding a patterned `disk.img` of `chunks`
+/// chunks and an empty `arrived/` for the receiver's copies.
+fn disk_and_landing(chunks: u64) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, arrived) = (dir.path().join("disk.img"), dir.path().join("arrived"));
+    std::fs::create_dir(&arrived).unwrap();
+    patterned_disk(&image, chunks);
+    (dir, image, arrived)
+}
+
 #[test]
 fn a_local_disk_moves_with_the_guest_between_processes() {
     if !kvm_present() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (image, arrived) = (dir.path().join("disk.img"), dir.path().join("arrived"));
-    std::fs::create_dir(&arrived).unwrap();
-    patterned_disk(&image, 128); // 8 MiB
+    let (_dir, image, arrived) = disk_and_landing(128); // 8 MiB
     let (mut rx, mut rx_out, addr) =
         receiver(&["--run-for", "0.2", "--disk-dir", arrived.to_str().unwrap()]);
     let tx = Command::new(bin())
@@ -212,10 +219,7 @@ fn a_source_killed_mid_copy_leaves_no_disk_on_the_destination() {
     if !kvm_present() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (image, arrived) = (dir.path().join("disk.img"), dir.path().join("arrived"));
-    std::fs::create_dir(&arrived).unwrap();
-    patterned_disk(&image, 1024); // 64 MiB, a third of it data
+    let (_dir, image, arrived) = disk_and_landing(1024); // 64 MiB, a third of it data
     let (mut rx, mut rx_out, addr) =
         receiver(&["--run-for", "0", "--disk-dir", arrived.to_str().unwrap()]);
     let mut tx = Command::new(bin())

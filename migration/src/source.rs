@@ -342,9 +342,7 @@ impl Sender<'_> {
         }
         Ok(total)
     }
-}
 
-impl Sender<'_> {
     /// Send `[offset, offset + len)` of disk `index`, read 1 MiB at a
     /// time; each run of all-zero 64 KiB chunks goes as a DiskZero marker.
     fn send_disk_range(
